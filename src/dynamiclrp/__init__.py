@@ -1,0 +1,34 @@
+"""dynamiclrp: Layer-wise Relevance Propagation for any PyTorch model, at the level of autograd operations.
+
+The public API is small:
+
+* :class:`LRP` -- ``LRP(model, config).attribute(inputs, target)`` explains a model output;
+* :func:`propagate` -- the functional core, from any output tensor to any tensors of its graph;
+* :class:`LRPConfig` -- rules and hyper-parameters.
+"""
+from .api import LRP, Explanation, propagate, seed_relevance
+from .config import LRPConfig
+from .errors import (
+    DynamicLRPError,
+    NoGradGraphError,
+    NonFiniteRelevanceError,
+    TargetError,
+    UnrecoverableValueError,
+    UnsupportedOperationError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LRP",
+    "LRPConfig",
+    "propagate",
+    "seed_relevance",
+    "Explanation",
+    "DynamicLRPError",
+    "UnsupportedOperationError",
+    "NoGradGraphError",
+    "UnrecoverableValueError",
+    "NonFiniteRelevanceError",
+    "TargetError",
+]

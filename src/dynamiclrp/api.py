@@ -1,0 +1,291 @@
+"""The public API: :func:`propagate` (functional core) and :class:`LRP` (explain a model's output in one call)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from . import saved
+from .config import LRPConfig
+from .engine import Engine, EngineResult
+from .errors import DynamicLRPError, NoGradGraphError, TargetError
+from .graph import Graph
+
+
+# ------------------------------------------------------------------------------------------------ targets
+
+
+def seed_relevance(output: torch.Tensor, target=None) -> torch.Tensor:
+    """The starting relevance: ``output`` masked to ``target`` (zero everywhere else).
+
+    ``target`` may be ``None`` (arg-max of the last dimension, per sample, at the last position of a sequence),
+    an int class index, a per-sample list/tensor of class indices, a ``(position, token)`` tuple for sequence
+    outputs ``[batch, seq, vocab]`` (or a per-sample list of such tuples), or a boolean/float mask shaped like
+    ``output``.
+    """
+    out = output.detach()
+    if out.dim() == 0:
+        if target is not None:
+            raise TargetError("a scalar output takes no target")
+        return out.clone()
+    if isinstance(target, torch.Tensor) and target.shape == out.shape and target.dtype in (
+            torch.bool, torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return out * target.to(out.dtype)
+    mask = torch.zeros_like(out, dtype=torch.bool)
+    batch = out.shape[0] if out.dim() > 1 else 1
+    view = mask if out.dim() > 1 else mask.unsqueeze(0)
+    outv = out if out.dim() > 1 else out.unsqueeze(0)
+    seq = outv.dim() == 3
+    if target is None:
+        last = outv[:, -1] if seq else outv.reshape(batch, -1)
+        idx = last.argmax(-1)
+        for b in range(batch):
+            if seq:
+                view[b, -1, idx[b]] = True
+            else:
+                view.reshape(batch, -1)[b, idx[b]] = True
+        return out * mask
+    if isinstance(target, tuple) and seq and len(target) == 2 and all(isinstance(t, int) for t in target):
+        target = [target] * batch
+    if isinstance(target, int):
+        target = [target] * batch
+    if isinstance(target, torch.Tensor):
+        target = target.tolist() if target.dim() else [int(target)] * batch
+    target = list(target)
+    if len(target) != batch:
+        raise TargetError(f"target has {len(target)} entries but the output has batch size {batch}")
+    for b, t in enumerate(target):
+        if seq:
+            if not (isinstance(t, (tuple, list)) and len(t) == 2):
+                raise TargetError(f"sequence output {tuple(out.shape)} needs (position, token) targets, got {t!r}")
+            pos, tok = int(t[0]), int(t[1])
+            if not (-outv.shape[1] <= pos < outv.shape[1] and 0 <= tok < outv.shape[2]):
+                raise TargetError(f"target {t!r} out of range for output of shape {tuple(out.shape)}")
+            view[b, pos, tok] = True
+        else:
+            flat = view.reshape(batch, -1)
+            t = int(t)
+            if not 0 <= t < flat.shape[1]:
+                raise TargetError(f"target {t} out of range for {flat.shape[1]} outputs per sample")
+            flat[b, t] = True
+    return out * mask
+
+
+# ------------------------------------------------------------------------------------------------ core
+
+
+def _tap_for(graph: Graph, tensor: torch.Tensor):
+    """The ``(node, slot)`` whose total relevance is the relevance of ``tensor``, or ``None``."""
+    if tensor.grad_fn is not None:
+        node = tensor.grad_fn
+        return (node, tensor.output_nr) if node in graph.edges else None
+    for node in graph.order:
+        if saved.op_name(node) == "AccumulateGrad" and saved.leaf_variable(node) is tensor:
+            return (node, 0)
+    return None
+
+
+def run_engine(output, taps, relevance, config, want_params=False, keep_all=False) -> EngineResult:
+    graph = Graph.capture(output)
+    if relevance.shape != output.shape:
+        raise TargetError(f"relevance shape {tuple(relevance.shape)} differs from output shape {tuple(output.shape)}")
+    engine = Engine(graph, config, taps=[t for t in taps if t is not None], want_params=want_params,
+                    keep_all=keep_all)
+    return engine.run(relevance.detach(), slot=output.output_nr)
+
+
+def propagate(output: torch.Tensor, inputs: Sequence[torch.Tensor], relevance: torch.Tensor | None = None,
+              config: LRPConfig | None = None, target=None) -> tuple:
+    """Propagate relevance from ``output`` back to ``inputs`` through ``output``'s autograd graph.
+
+    Parameters
+    ----------
+    output: any tensor with a ``grad_fn``.
+    inputs: tensors to collect relevance for: leaf inputs, parameters, or intermediate tensors kept from the
+        forward pass. A tensor that did not contribute to ``output`` gets zeros.
+    relevance: starting relevance shaped like ``output``; default: ``output`` masked to ``target``
+        (see :func:`seed_relevance`).
+    config: rules and hyper-parameters (default :class:`LRPConfig()`).
+
+    Returns
+    -------
+    A tuple with one relevance tensor per entry of ``inputs``.
+    """
+    config = config or LRPConfig()
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"output must be a tensor, got {type(output).__name__}")
+    if output.grad_fn is None:
+        Graph.capture(output)  # raises NoGradGraphError with the explanation
+    if relevance is None:
+        relevance = seed_relevance(output, target)
+    graph_taps = []
+    graph = Graph.capture(output)
+    for t in inputs:
+        graph_taps.append(_tap_for(graph, t))
+    want_params = any(isinstance(t, torch.nn.Parameter) for t in inputs)
+    engine = Engine(graph, config, taps=[t for t in graph_taps if t is not None], want_params=want_params)
+    result = engine.run(relevance.detach(), slot=output.output_nr)
+    out = []
+    for t, tap in zip(inputs, graph_taps):
+        r = None if tap is None else result.taps.get(tap)
+        out.append(torch.zeros_like(t, dtype=relevance.dtype) if r is None else r.reshape(t.shape))
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------------ LRP
+
+
+@dataclass
+class Explanation:
+    """Everything one explanation produced.
+
+    Attributes
+    ----------
+    relevance: one tensor per input, shaped like it (integer token inputs: per-token relevance ``[batch, seq]``).
+    embedding_relevance: for integer token inputs, the full relevance at the embedding output
+        ``[batch, seq, hidden]`` (``None`` for float inputs).
+    output: the model output that was explained (detached).
+    seed: the starting relevance (output masked to the target).
+    stats: node count, promise counts, chain nodes, maximum promise depth.
+    """
+
+    relevance: tuple
+    embedding_relevance: tuple
+    output: torch.Tensor
+    seed: torch.Tensor
+    stats: dict = field(default_factory=dict)
+
+
+def select_output(out: Any, selector=None) -> torch.Tensor:
+    """Pick the tensor to explain from what a model returned: a tensor, ``.logits`` of an HF ``ModelOutput``
+    or dict, or the first element of a tuple. ``selector`` (a callable or a key) overrides."""
+    if selector is not None:
+        return selector(out) if callable(selector) else out[selector]
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits") and isinstance(getattr(out, "logits"), torch.Tensor):
+        return out.logits
+    if isinstance(out, dict):
+        if "logits" in out:
+            return out["logits"]
+        raise DynamicLRPError(f"the model returned a dict with keys {list(out)}; pass output_selector=KEY")
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise DynamicLRPError(f"cannot tell which output to explain in a {type(out).__name__}; pass output_selector")
+
+
+class LRP:
+    """Explain any PyTorch model with operation-level LRP, without modifying it.
+
+    >>> lrp = LRP(model, LRPConfig(epsilon=1e-6))
+    >>> relevance = lrp.attribute(x, target=3)
+
+    Parameters
+    ----------
+    model: any callable ``nn.Module``; it is run, never changed (no hooks, no parameter edits).
+    config: :class:`LRPConfig`; default ``LRPConfig()``.
+    output_selector: for models returning tuples/dicts: a key or a callable picking the tensor to explain.
+    """
+
+    def __init__(self, model, config: LRPConfig | None = None, output_selector=None):
+        self.model = model
+        self.config = config or LRPConfig()
+        self.output_selector = output_selector
+
+    def attribute(self, inputs, target=None, **forward_kwargs):
+        """Relevance of each input, shaped like it (a tuple if ``inputs`` is a tuple). See :meth:`explain`."""
+        expl = self.explain(inputs, target=target, **forward_kwargs)
+        return expl.relevance if isinstance(inputs, (tuple, list)) else expl.relevance[0]
+
+    def explain(self, inputs, target=None, **forward_kwargs) -> Explanation:
+        """Run the model on ``inputs`` and explain ``target``; returns an :class:`Explanation`.
+
+        Float inputs are explained directly. Integer inputs (token ids of language models) are explained where
+        relevance reaches the embedding lookup that consumed them: per-token relevance (summed over the hidden
+        dimension) in ``relevance``, the full ``[batch, seq, hidden]`` relevance in ``embedding_relevance``.
+        """
+        single = not isinstance(inputs, (tuple, list))
+        inputs = (inputs,) if single else tuple(inputs)
+        prepared = []
+        for x in inputs:
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                prepared.append(x.detach().requires_grad_(True))
+            else:
+                prepared.append(x)
+        with torch.enable_grad():
+            raw = self.model(*prepared, **forward_kwargs)
+        output = select_output(raw, self.output_selector)
+        if not isinstance(output, torch.Tensor) or output.grad_fn is None:
+            raise NoGradGraphError(
+                "the model output has no grad_fn: did the model run under torch.no_grad()/inference_mode, "
+                "or does it detach its output? dynamiclrp enables grad for the forward pass it runs, so a model "
+                "that disables it internally cannot be explained."
+            )
+        seed = seed_relevance(output, target)
+        graph = Graph.capture(output)
+        taps = []
+        for x in prepared:
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                taps.append([_tap_for(graph, x)])
+            elif isinstance(x, torch.Tensor):
+                taps.append(_embedding_taps(graph, x))
+            else:
+                taps.append([])
+        engine = Engine(graph, self.config, taps=[t for ts in taps for t in ts if t is not None])
+        result = engine.run(seed, slot=output.output_nr)
+        relevance, emb = [], []
+        for x, ts in zip(prepared, taps):
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                r = result.taps.get(ts[0]) if ts[0] is not None else None
+                relevance.append(torch.zeros_like(x) if r is None else r.reshape(x.shape))
+                emb.append(None)
+            elif isinstance(x, torch.Tensor):
+                found = [result.taps[t] for t in ts if result.taps.get(t) is not None]
+                if not found:
+                    raise DynamicLRPError(
+                        f"integer input of shape {tuple(x.shape)} reaches no embedding lookup in the graph; "
+                        "explain the embeddings instead (pass inputs_embeds)"
+                    )
+                full = sum(f.reshape(*x.shape, -1) for f in found)
+                emb.append(full)
+                relevance.append(full.sum(-1))
+            else:
+                relevance.append(None)
+                emb.append(None)
+        stats = summarize(result)
+        return Explanation(tuple(relevance), tuple(emb), output.detach(), seed, stats)
+
+
+def _embedding_taps(graph: Graph, ids: torch.Tensor) -> list:
+    """Embedding lookups whose indices are ``ids`` (same storage, or same values and element count)."""
+    taps = []
+    for node in graph.order:
+        if saved.op_name(node) != "EmbeddingBackward":
+            continue
+        idx = saved.get(node, "indices")
+        same = idx.data_ptr() == ids.data_ptr() and idx.numel() == ids.numel()
+        if same or (idx.numel() == ids.numel() and torch.equal(idx.reshape(-1), ids.reshape(-1).to(idx.dtype))):
+            taps.append((node, 0))
+    return taps
+
+
+def summarize(result: EngineResult) -> dict:
+    """Node and promise statistics of one run (paper Table 2): nodes, promise-generating nodes, promises by
+    kind, internal chain nodes, maximum promise depth, density ``rho = |V_P| / |V|``."""
+    kinds: dict[str, int] = {}
+    for p in result.promises:
+        kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    origins = {p.origin for p in result.promises}
+    memo: dict = {}
+    depth = max((result.promise_depth(p, memo) for p in result.promises), default=0)
+    n = len(result.graph)
+    return {
+        "nodes": n,
+        "promise_nodes": len(origins),
+        "promises": len(result.promises),
+        "promises_by_kind": kinds,
+        "chain_nodes": result.chain_nodes,
+        "max_promise_depth": depth,
+        "density": len(origins) / n if n else 0.0,
+    }

@@ -1,0 +1,71 @@
+"""The configuration object of an explanation: rules and their hyper-parameters."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+_ADD_RULES = ("abs", "z")
+
+
+@dataclass(frozen=True)
+class LRPConfig:
+    """Rules and hyper-parameters of one explanation. Frozen, validated when built, safe to share.
+
+    Parameters
+    ----------
+    epsilon:
+        Stabiliser of every division ``z + epsilon * sign(z)`` (sign(0) = +1), as in Zennit.
+    gamma_linear, gamma_conv:
+        Gamma of the (generalised, Zennit-compatible) gamma rule for matrix products with a parameter and for
+        convolutions. ``0.0`` gives the plain epsilon rule.
+    zplus:
+        Use the z+ rule (alpha=1, beta=0) for linear layers and convolutions instead of epsilon/gamma.
+    add_rule:
+        ``"abs"`` (default) splits sums in proportion to ``|a| / (|a| + |b|)`` (the paper's rule, always
+        conservative); ``"z"`` splits in proportion to the signed contributions ``a / (a + b)``, stabilised.
+    rule_overrides:
+        Map from autograd node name (with or without the overload digit: ``"MulBackward"`` or
+        ``"MulBackward0"``) to an :class:`dynamiclrp.rules.OpRule` instance used instead of the built-in rule.
+    check_finite:
+        Raise :class:`~dynamiclrp.errors.NonFiniteRelevanceError` at the first node whose relevance holds NaN/Inf.
+    """
+
+    epsilon: float = 1e-6
+    gamma_linear: float = 0.0
+    gamma_conv: float = 0.0
+    zplus: bool = False
+    add_rule: str = "abs"
+    rule_overrides: Mapping[str, Any] = field(default_factory=dict)
+    check_finite: bool = True
+
+    def __post_init__(self):
+        if not self.epsilon >= 0:
+            raise ValueError(f"epsilon must be >= 0, got {self.epsilon!r}")
+        for name in ("gamma_linear", "gamma_conv"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.add_rule not in _ADD_RULES:
+            raise ValueError(f"add_rule must be one of {_ADD_RULES}, got {self.add_rule!r}")
+        from .rules import OpRule  # local import: rules import nothing from here at import time
+
+        for key, rule in dict(self.rule_overrides).items():
+            if not isinstance(key, str) or not key.endswith(tuple(f"Backward{d}" for d in ("", *"0123456789"))):
+                raise ValueError(f"rule_overrides key {key!r} is not an autograd node name like 'MulBackward0'")
+            if not isinstance(rule, OpRule):
+                raise TypeError(f"rule_overrides[{key!r}] must be an OpRule instance, got {type(rule).__name__}")
+        object.__setattr__(self, "rule_overrides", MappingProxyType(dict(self.rule_overrides)))
+
+    @classmethod
+    def epsilon_rule(cls, epsilon: float = 1e-6) -> "LRPConfig":
+        """Plain epsilon-LRP everywhere (Bach et al. 2015)."""
+        return cls(epsilon=epsilon)
+
+    @classmethod
+    def gamma(cls, gamma: float = 0.25, epsilon: float = 1e-6) -> "LRPConfig":
+        """Gamma rule on linear layers and convolutions (Montavon et al. 2019)."""
+        return cls(epsilon=epsilon, gamma_linear=gamma, gamma_conv=gamma)
+
+    def __hash__(self):  # MappingProxyType is unhashable; configs key plan caches
+        return hash((self.epsilon, self.gamma_linear, self.gamma_conv, self.zplus, self.add_rule,
+                     tuple(sorted((k, id(v)) for k, v in self.rule_overrides.items())), self.check_finite))

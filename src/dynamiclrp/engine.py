@@ -1,0 +1,353 @@
+"""The traversal engine: operation-level relevance propagation with promises (paper Algorithm 2, App. B/C/E).
+
+Nodes are visited in topological order (a node is popped once every consumer edge has landed relevance or a
+promise branch on it). A node whose rule or forward recomputation lacks operand values creates a
+:class:`~dynamiclrp.promise.Promise`; its branches land on the producers like relevance does. A branch arriving
+at a node that is still waiting for other consumers puts that node on the *heuristic-break queue*, served first,
+so that the branch can reach an Arg Node (or spawn a Pre-Promise) instead of dead-locking (Fig. 2).
+
+Every node's rule is applied exactly once: directly, when its promise completes, or as a step of a branch's
+backward chain. ``EngineResult.propagations`` counts it, and the engine raises if any node is left over.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from . import saved
+from .errors import NonFiniteRelevanceError, UnrecoverableValueError, UnsupportedOperationError
+from .graph import Graph
+from .promise import Branch, ChainStep, Promise
+from .rules import RuleContext, lookup
+
+_LEAF = "AccumulateGrad"
+
+
+@dataclass
+class EngineResult:
+    """What a run produced: the relevance at each tapped ``(node, slot)`` and statistics."""
+
+    taps: dict
+    propagations: dict
+    promises: list
+    chain_nodes: int
+    graph: Graph
+    node_relevance: dict = field(default_factory=dict)
+
+    def promise_depth(self, promise: Promise, _memo=None) -> int:
+        """Longest distance from the origin's producers to an Arg Node over the promise's branches (nested
+        promises included): the paper's ``d(v_p)``."""
+        memo = {} if _memo is None else _memo
+        if id(promise) in memo:
+            return memo[id(promise)]
+        best = 0
+        for b in promise.branches.values():
+            if not b.requests_value:
+                continue
+            depth = len(b.chain)
+            child = self._promise_at.get(b.terminal)
+            if child is not None and child is not promise:
+                depth += 1 + self.promise_depth(child, memo)
+            best = max(best, depth)
+        memo[id(promise)] = best
+        return best
+
+    @property
+    def _promise_at(self):
+        return {p.origin: p for p in self.promises}
+
+
+class _State:
+    __slots__ = ("rule", "pending", "awaiting", "rel", "requests", "served", "value", "promise", "mode", "done",
+                 "known")
+
+    def __init__(self, rule, pending, nslots):
+        self.rule = rule
+        self.pending = pending
+        self.awaiting = 0
+        self.rel = [None] * nslots
+        self.requests = []  # unserved (branch, slot)
+        self.served = 0
+        self.value = None
+        self.promise = None
+        self.mode = None  # None | "chain" | "promise" | "plain"
+        self.done = False
+        self.known = None
+
+
+class Engine:
+    """One relevance propagation over a captured graph. Holds all traversal state; rules hold none."""
+
+    def __init__(self, graph: Graph, config, taps=(), want_params=False, keep_all=False):
+        self.graph = graph
+        self.config = config
+        self.taps = {t: None for t in taps}
+        self.tap_nodes = {n for n, _ in self.taps}
+        self.want_params = want_params
+        self.keep_all = keep_all
+        self.node_relevance = {}
+        self.state = {}
+        unsupported: dict[str, list] = {}
+        for node in graph.order:
+            name = saved.op_name(node)
+            rule = None if name == _LEAF else lookup(node, config.rule_overrides)
+            if rule is None and name != _LEAF:
+                unsupported.setdefault(saved.full_name(node), []).append(None)
+            nslots = 1 if name == _LEAF else saved.num_outputs(node)
+            self.state[node] = _State(rule, graph.indegree(node), nslots)
+        if unsupported:
+            raise UnsupportedOperationError(unsupported)
+        self.stack: list = []
+        self.breakq: deque = deque()
+        self.readyq: deque = deque()
+        self.promises: list[Promise] = []
+        self.chain_nodes = 0
+        self.propagations = {node: 0 for node in graph.order}
+
+    # ------------------------------------------------------------------------------------------- driver
+    def run(self, seed, slot: int = 0) -> EngineResult:
+        root = self.graph.root
+        self.state[root].rel[slot] = seed
+        self.stack.append(root)
+        with torch.no_grad():
+            while self.stack or self.breakq:
+                node = self.breakq.popleft() if self.breakq else self.stack.pop()
+                self._visit(node)
+                self._drain()
+        left = [n for n in self.graph.order if self.propagations[n] != 1]
+        if left:
+            names = sorted({saved.full_name(n) for n in left})
+            raise RuntimeError(f"internal error: {len(left)} nodes were not propagated exactly once ({names}); "
+                               "please report this graph")
+        return EngineResult(self.taps, self.propagations, self.promises, self.chain_nodes, self.graph,
+                            self.node_relevance)
+
+    def _drain(self):
+        while self.readyq:
+            self._on_ready(self.readyq.popleft())
+
+    # ------------------------------------------------------------------------------------------- visiting
+    def _visit(self, u):
+        s = self.state[u]
+        if s.done or s.mode == "chain":
+            return
+        if s.requests:
+            if s.value is None:
+                s.value = self._rebuild(u)
+            if s.value is not None:
+                self._serve(u)
+            elif s.promise is None:
+                if self._can_chain(u):
+                    self._extend_chain(u)
+                    return
+                self._make_promise(u, "pre" if s.pending > 0 else "dependent", with_forward=True)
+        if s.pending == 0 and s.awaiting == 0:
+            if s.promise is not None:
+                self._try_complete(s.promise)
+            elif s.rule is not None and self._missing_for_rule(u):
+                self._make_promise(u, "strict", with_forward=False)
+            else:
+                self._propagate(u)
+
+    def _known(self, u) -> list:
+        """Operand values of ``u`` available without a promise: saved tensors, and leaves behind its edges."""
+        s = self.state[u]
+        if s.known is None:
+            vals = [] if s.rule is None else list(s.rule.known_inputs(u))
+            for i, (child, _slot) in enumerate(self.graph.edges[u]):
+                if vals[i] is None and child is not None and saved.op_name(child) == _LEAF:
+                    vals[i] = saved.leaf_variable(child)
+            s.known = vals
+        return s.known
+
+    def _rebuild(self, u):
+        """``u``'s outputs from saved tensors alone, or ``None``: non-``None`` makes ``u`` an Arg Node."""
+        s = self.state[u]
+        if s.rule is None:  # AccumulateGrad
+            return (saved.leaf_variable(u),)
+        out = s.rule.saved_output(u)
+        if out is not None:
+            return tuple(out)
+        known = self._known(u)
+        if all(known[i] is not None for i in s.rule.forward_needs(u)):
+            return tuple(s.rule.forward(u, known))
+        return None
+
+    def _needed(self, u, with_forward: bool) -> set:
+        rule = self.state[u].rule
+        needed = set(rule.needs(u, self.graph))
+        if with_forward:
+            needed |= set(rule.forward_needs(u))
+        known = self._known(u)
+        for i in needed:
+            if known[i] is None and self.graph.edges[u][i][0] is None:
+                raise UnrecoverableValueError(
+                    f"{saved.full_name(u)} needs the value of its input {i}, a constant that autograd did not "
+                    "save and that is not part of the graph (e.g. a non-trainable buffer or a parameter with "
+                    "requires_grad=False). Make it a tensor that requires grad, or override the rule."
+                )
+        return needed
+
+    def _missing_for_rule(self, u) -> bool:
+        known = self._known(u)
+        return any(known[i] is None for i in self._needed(u, with_forward=False))
+
+    def _can_chain(self, u) -> bool:
+        """A branch may pass through ``u`` (record it as a chain step) when ``u`` has a single consumer edge,
+        a single producer edge, and every other value its forward and rule need is saved."""
+        s = self.state[u]
+        if s.rule is None or len(s.requests) != 1 or self.graph.indegree(u) != 1:
+            return False
+        live = [i for i, (c, _) in enumerate(self.graph.edges[u]) if c is not None]
+        if len(live) != 1:
+            return False
+        known = self._known(u)
+        return all(known[i] is not None for i in self._needed(u, with_forward=True) if i != live[0])
+
+    # ------------------------------------------------------------------------------------------- landing
+    def _arrive(self, c):
+        s = self.state[c]
+        s.pending -= 1
+        if s.pending == 0:
+            self.stack.append(c)
+        elif s.requests:
+            self.breakq.append(c)
+
+    def _land_tensor(self, c, slot, r):
+        s = self.state[c]
+        if r is not None:
+            s.rel[slot] = r if s.rel[slot] is None else s.rel[slot] + r
+        self._arrive(c)
+
+    def _land_branch(self, c, slot, branch: Branch):
+        s = self.state[c]
+        branch.terminal, branch.slot = c, slot
+        s.awaiting += 1
+        if branch.requests_value:
+            s.requests.append((branch, slot))
+
+    def _deliver(self, c, slot, r):
+        s = self.state[c]
+        if r is not None:
+            s.rel[slot] = r if s.rel[slot] is None else s.rel[slot] + r
+        s.awaiting -= 1
+        if s.awaiting == 0 and s.pending == 0:
+            self.stack.append(c)
+
+    # ------------------------------------------------------------------------------------------- promises
+    def _extend_chain(self, u):
+        s = self.state[u]
+        branch, slot = s.requests.pop()
+        s.awaiting -= 1
+        s.mode = "chain"
+        self.chain_nodes += 1
+        edge = next(i for i, (c, _) in enumerate(self.graph.edges[u]) if c is not None)
+        branch.chain.append(ChainStep(u, slot, edge))
+        child, cslot = self.graph.edges[u][edge]
+        self._land_branch(child, cslot, branch)
+        self._arrive(child)
+
+    def _make_promise(self, u, kind: str, with_forward: bool):
+        s = self.state[u]
+        needed = self._needed(u, with_forward)
+        promise = Promise(origin=u, kind=kind, args=list(self._known(u)))
+        promise.parents = [b for b, _ in s.requests]
+        s.promise, s.mode = promise, "promise"
+        self.promises.append(promise)
+        for i, (child, cslot) in enumerate(self.graph.edges[u]):
+            if child is None:
+                continue
+            branch = Branch(promise, i, requests_value=i in needed and promise.args[i] is None)
+            promise.branches[i] = branch
+            promise.missing += branch.requests_value
+            self._land_branch(child, cslot, branch)
+        for i in range(len(self.graph.edges[u])):  # decrement after all branches landed (same-child edges)
+            if self.graph.edges[u][i][0] is not None:
+                self._arrive(self.graph.edges[u][i][0])
+        if promise.ready:
+            self.readyq.append(promise)
+
+    def _serve(self, u):
+        """Forward chaining: hand ``u``'s output to every branch waiting on it, through each branch's chain."""
+        s = self.state[u]
+        requests, s.requests = s.requests, []
+        for branch, slot in requests:
+            s.served += 1
+            v = s.value[slot]
+            for step in reversed(branch.chain):
+                inputs = list(self._known(step.node))
+                inputs[step.edge] = v
+                step.inputs = inputs
+                step.outputs = tuple(self.state[step.node].rule.forward(step.node, inputs))
+                v = step.outputs[step.slot]
+            branch.value = v
+            if branch.promise.set_arg(branch.edge, v):
+                self.readyq.append(branch.promise)
+
+    def _on_ready(self, promise: Promise):
+        u = promise.origin
+        s = self.state[u]
+        if s.requests or s.served:
+            s.value = tuple(s.rule.forward(u, promise.args))
+            if s.requests:
+                self._serve(u)
+        self._try_complete(promise)
+
+    def _try_complete(self, promise: Promise):
+        u = promise.origin
+        s = self.state[u]
+        if promise.complete or not promise.ready or s.pending or s.awaiting:
+            return
+        promise.rout = s.rel
+        promise.rins = self._apply(u, s.rel, promise.args, s.value)
+        promise.complete = True
+        for i, branch in promise.branches.items():
+            r = promise.rins[i]
+            for step in branch.chain:  # backward fast-forwarding
+                rel = [None] * saved.num_outputs(step.node)
+                rel[step.slot] = r
+                r = self._apply(step.node, rel, step.inputs or list(self._known(step.node)), step.outputs)[step.edge]
+            self._deliver(branch.terminal, branch.slot, r)
+
+    # ------------------------------------------------------------------------------------------- rules
+    def _propagate(self, u):
+        s = self.state[u]
+        s.mode = s.mode or "plain"
+        rins = self._apply(u, s.rel, self._known(u), s.value)
+        for i, (child, cslot) in enumerate(self.graph.edges[u]):
+            if child is not None:
+                self._land_tensor(child, cslot, rins[i] if rins else None)
+
+    def _apply(self, u, rel, inputs, outputs):
+        s = self.state[u]
+        s.done = True
+        self.propagations[u] += 1
+        rel = [r if r is not None else _zeros(u, k) for k, r in enumerate(rel)]
+        if self.keep_all:
+            self.node_relevance[u] = rel
+        if u in self.tap_nodes:
+            for k, r in enumerate(rel):
+                if (u, k) in self.taps:
+                    self.taps[(u, k)] = r
+        if s.rule is None:
+            return []
+        ctx = RuleContext(u, s.rule, inputs, rel, self.config, self.graph, self.want_params, outputs)
+        rins = list(s.rule.relevance(ctx))
+        if self.config.check_finite:
+            for i, r in enumerate(rins):
+                if r is not None and not bool(torch.isfinite(r).all()):
+                    raise NonFiniteRelevanceError(
+                        f"relevance became NaN/Inf at {saved.full_name(u)} (input {i}); its output relevance was "
+                        f"{'finite' if all(bool(torch.isfinite(x).all()) for x in rel) else 'already non-finite'}"
+                    )
+        return rins
+
+
+def _zeros(node, slot):
+    if saved.op_name(node) == _LEAF:
+        v = saved.leaf_variable(node)
+        return torch.zeros_like(v)
+    meta = node._input_metadata[slot]
+    return torch.zeros(meta.shape, dtype=meta.dtype, device=meta.device)

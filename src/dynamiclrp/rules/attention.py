@@ -1,0 +1,117 @@
+"""Softmax and fused scaled-dot-product attention (AttnLRP, Achtibat et al. 2024).
+
+Softmax ``s = softmax(x)`` along ``dim``: ``R_x = x * (R_s - s * sum(R_s))`` (AttnLRP Prop. 3.1: the Taylor
+decomposition at the bias-absorbing root). Entries the model masked out (``x = -inf``, or a fill value autograd
+did not keep) have ``s = 0`` and get exactly zero relevance.
+
+Fused attention ``O = softmax(scale * Q K^T + mask) V`` is decomposed into those primitives and explained with the
+same rules the unfused graph would get: the uniform bilinear rule for ``P V`` and for ``Q K^T``, the softmax rule in
+between, the identity for the scale and the (constant) mask. The causal mask is applied **only when the op itself
+was called with ``is_causal=True``** (read from the node), so encoders such as BERT and ViT are not masked.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import saved
+from .base import OpRule, register, stabilize
+from .linear import product_relevance
+
+
+def softmax_relevance(x, s, r, dim):
+    """``R_x = x * (R_s - s * sum(R_s))``, zero where the input was masked out (``s == 0``, ``x`` not finite)."""
+    rel = x * (r - s * r.sum(dim, keepdim=True))
+    return torch.where((s == 0) & ~torch.isfinite(x), torch.zeros((), dtype=rel.dtype), rel)
+
+
+@register("SoftmaxBackward", "SafeSoftmaxBackward")
+class SoftmaxRule(OpRule):
+    """Softmax: AttnLRP's rule (see module doc). Needs the softmax *input*, which autograd does not save: a
+    strict promise-generating operation."""
+
+    def needs(self, node, graph):
+        return (0,)
+
+    def saved_output(self, node):
+        return (saved.get(node, "result"),)
+
+    def forward(self, node, inputs):
+        return (torch.softmax(inputs[0], saved.get(node, "dim")),)
+
+    def relevance(self, ctx):
+        s = saved.get(ctx.node, "result")
+        return [softmax_relevance(ctx.inputs[0], s, ctx.relevance[0], saved.get(ctx.node, "dim"))]
+
+
+def _expand_kv(t, heads):
+    """Grouped-query attention: repeat key/value heads to match the query heads."""
+    if t.shape[-3] == heads:
+        return t
+    return t.repeat_interleave(heads // t.shape[-3], dim=-3)
+
+
+@register("ScaledDotProductFlashAttentionForCpuBackward", "ScaledDotProductEfficientAttentionBackward",
+          "ScaledDotProductFlashAttentionBackward", "ScaledDotProductCudnnAttentionBackward",
+          "ScaledDotProductAttentionMathBackward")
+class SDPARule(OpRule):
+    """``O = softmax(scale * Q K^T + mask) V`` as one fused node; see the module doc for the decomposition."""
+
+    def known_inputs(self, node):
+        vals = [None] * len(node.next_functions)
+        vals[0], vals[1], vals[2] = saved.get(node, "query"), saved.get(node, "key"), saved.get(node, "value")
+        return vals
+
+    def forward_needs(self, node):
+        return (0, 1, 2)
+
+    def saved_output(self, node):
+        out = saved.get(node, "output", None)
+        if out is None:
+            return None
+        rest = [torch.zeros(m.shape, dtype=m.dtype) for m in node._input_metadata[1:]]
+        return (out, *rest)
+
+    def _scores(self, node, q, k):
+        scale = saved.get(node, "scale", None)
+        if scale is None:
+            scale = q.shape[-1] ** -0.5
+        k = _expand_kv(k, q.shape[-3])
+        a = scale * q @ k.transpose(-2, -1)
+        mask = saved.get(node, "attn_mask", None)
+        x = a
+        if mask is not None:
+            x = x.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else x + mask
+        if saved.get(node, "is_causal", False):
+            lq, lk = x.shape[-2], x.shape[-1]
+            causal = torch.ones(lq, lk, dtype=torch.bool, device=x.device).tril(diagonal=lk - lq)
+            x = x.masked_fill(~causal, float("-inf"))
+        return scale, a, x
+
+    def forward(self, node, inputs):
+        q, k, v = inputs[0], inputs[1], inputs[2]
+        _, _, x = self._scores(node, q, k)
+        out = torch.softmax(x, -1) @ _expand_kv(v, q.shape[-3])
+        rest = [torch.zeros(m.shape, dtype=m.dtype) for m in node._input_metadata[1:]]
+        return (out, *rest)
+
+    def relevance(self, ctx):
+        node, cfg = ctx.node, ctx.config
+        q, k, v = ctx.inputs[0], ctx.inputs[1], ctx.inputs[2]
+        heads = q.shape[-3]
+        scale, a, x = self._scores(node, q, k)
+        p = torch.softmax(x, -1)
+        ve = _expand_kv(v, heads)
+        r_p, r_v, _ = product_relevance(torch.matmul, p, ve, None, ctx.relevance[0], cfg, 0.0, True, True, False)
+        r_x = softmax_relevance(x, p, r_p, -1)
+        ke = _expand_kv(k, heads)
+        r_q, r_k, _ = product_relevance(lambda qq, kk: scale * qq @ kk.transpose(-2, -1), q, ke, None, r_x, cfg,
+                                        0.0, True, True, False)
+        if ke.shape != k.shape:  # fold GQA copies back
+            g = heads // k.shape[-3]
+            r_k = r_k.unflatten(-3, (k.shape[-3], g)).sum(-3)
+            r_v = r_v.unflatten(-3, (v.shape[-3], g)).sum(-3)
+        out = [r_q, r_k, r_v] + [None] * (len(ctx.edges) - 3)
+        return out
+
+
+__all__ = ["softmax_relevance", "SoftmaxRule", "SDPARule", "stabilize"]

@@ -1,0 +1,226 @@
+"""The rule interface every operation family implements, the registry keyed by autograd node name, and helpers
+shared by many rules (the Zennit-style stabiliser, un-broadcasting, vector-Jacobian products through the node).
+
+A rule never holds traversal state: it maps (node, operand values, output relevance) to input relevance, so a
+compiled plan can replay it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from .. import saved
+
+Tensor = torch.Tensor
+
+#: The registry: autograd node name without overload digit (``"AddmmBackward"``) or with it
+#: (``"MeanBackward1"``, exact names win) -> rule instance. Filled by :func:`register` at import time only.
+RULES: dict[str, "OpRule"] = {}
+
+
+def register(*names: str) -> Callable[[type], type]:
+    """Class decorator: instantiate the rule once and file it under each autograd node name given."""
+
+    def deco(cls):
+        inst = cls()
+        for name in names:
+            if name in RULES:
+                raise KeyError(f"two rules registered for {name}")
+            RULES[name] = inst
+        cls.names = names
+        return cls
+
+    return deco
+
+
+def lookup(node, overrides=None) -> "OpRule | None":
+    """The rule for an autograd node: user overrides first, exact class name, then the name without its digit."""
+    full = saved.full_name(node)
+    short = saved.op_name(node)
+    for table in (overrides or {}, RULES):
+        if full in table:
+            return table[full]
+        if short in table:
+            return table[short]
+    return None
+
+
+class RuleContext:
+    """What a rule sees when it distributes relevance at one node.
+
+    Attributes
+    ----------
+    node: the autograd node.
+    inputs: operand values, one per edge of ``node.next_functions`` (``None`` where unknown and unneeded).
+    relevance: relevance of every output slot of the forward op (zeros where no relevance arrived).
+    config: the :class:`~dynamiclrp.LRPConfig`.
+    want_params: whether relevance for parameter operands is wanted (someone asked to collect it).
+    """
+
+    __slots__ = ("node", "inputs", "relevance", "config", "graph", "want_params", "_outputs", "rule")
+
+    def __init__(self, node, rule, inputs, relevance, config, graph, want_params=False, outputs=None):
+        self.node = node
+        self.rule = rule
+        self.inputs = inputs
+        self.relevance = relevance
+        self.config = config
+        self.graph = graph
+        self.want_params = want_params
+        self._outputs = outputs
+
+    @property
+    def outputs(self) -> tuple:
+        """The forward outputs of the op, rebuilt from ``inputs`` when not already known."""
+        if self._outputs is None:
+            self._outputs = tuple(self.rule.forward(self.node, self.inputs))
+        return self._outputs
+
+    @property
+    def edges(self):
+        return self.graph.edges[self.node]
+
+    def has_edge(self, i: int) -> bool:
+        """Whether input ``i`` is part of the graph (needs relevance at all)."""
+        return self.edges[i][0] is not None
+
+    def is_param(self, i: int) -> bool:
+        """Whether input ``i`` is a constant or a parameter (seen through shape ops only)."""
+        return self.graph.is_parameter_edge(self.node, i)
+
+    def vjp(self, *grads) -> tuple:
+        """The node's own backward function applied to ``grads`` (one per output slot): the exact transpose of
+        the op's linearisation. Routing rules use it directly; proportional rules use it to spread a ratio."""
+        out = self.node(*grads)
+        return (out,) if isinstance(out, torch.Tensor) or out is None else tuple(out)
+
+
+class OpRule:
+    """How one family of autograd nodes is explained. Subclasses override what they need.
+
+    The engine calls, per node:
+
+    * :meth:`known_inputs` -- operand values available from saved tensors (one per edge, ``None`` if unknown);
+      leaf values behind ``AccumulateGrad`` edges are filled in by the engine;
+    * :meth:`needs` -- edges whose values the relevance rule cannot do without (missing ones create a Promise);
+    * :meth:`forward_needs` -- edges whose values :meth:`forward` needs;
+    * :meth:`saved_output` -- the outputs straight from saved tensors, if the op saved its result;
+    * :meth:`forward` -- recompute the outputs from operand values (forward chaining of promises);
+    * :meth:`relevance` -- distribute relevance (the LRP rule itself).
+    """
+
+    names: Sequence[str] = ()
+
+    def known_inputs(self, node) -> list:
+        return [None] * len(node.next_functions)
+
+    def needs(self, node, graph) -> Sequence[int]:
+        return ()
+
+    def forward_needs(self, node) -> Sequence[int]:
+        return range(len(node.next_functions))
+
+    def saved_output(self, node):
+        return None
+
+    def forward(self, node, inputs) -> tuple:
+        raise NotImplementedError(f"{saved.full_name(node)}: forward recomputation is not implemented")
+
+    def relevance(self, ctx: RuleContext) -> list:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def stabilize(z: Tensor, epsilon: float) -> Tensor:
+    """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (Zennit's stabiliser): never zero, keeps the sign."""
+    return z + epsilon * ((z >= 0).to(z.dtype) * 2 - 1)
+
+
+def unbroadcast(t: Tensor | None, shape) -> Tensor | None:
+    """Sum a broadcast relevance back to an operand's ``shape`` (relevance of copies adds up)."""
+    if t is None:
+        return None
+    shape = torch.Size(shape)
+    if t.shape == shape:
+        return t
+    return t.sum_to_size(shape)
+
+
+def proportional(contributions: Sequence[Tensor | None], out_relevance: Tensor, signed: bool, epsilon: float,
+                 shapes: Sequence) -> list:
+    """Split ``out_relevance`` among additive contributions ``c_i`` (already broadcast to the output shape).
+
+    ``signed=False``: ``R_i = |c_i| / sum_j |c_j| * R`` (the paper's rule; an all-zero denominator splits evenly).
+    ``signed=True``: ``R_i = c_i / stab(sum_j c_j) * R`` (the z-rule).
+    Results are summed back to each operand's shape.
+    """
+    present = [c for c in contributions if c is not None]
+    if signed:
+        den = stabilize(sum(present), epsilon)
+        weights = contributions
+    else:
+        tiny = torch.finfo(out_relevance.dtype).tiny
+        weights = [None if c is None else c.abs() + tiny for c in contributions]
+        den = sum(w for w in weights if w is not None)
+    ratio = out_relevance / den
+    return [None if w is None else unbroadcast(w * ratio, s) for w, s in zip(weights, shapes)]
+
+
+def zeros_for(node, slot: int) -> Tensor:
+    """A zero tensor shaped like output ``slot`` of ``node``."""
+    meta = node._input_metadata[slot]
+    return torch.zeros(meta.shape, dtype=meta.dtype, device=meta.device)
+
+
+def edge_shape(ctx: RuleContext, i: int):
+    """The shape of operand ``i`` (from its value, or from the producer's metadata)."""
+    if ctx.inputs[i] is not None:
+        return ctx.inputs[i].shape
+    child, slot = ctx.edges[i]
+    return saved.output_shapes(child)[slot]
+
+
+class RoutingRule(OpRule):
+    """Ops that only move, copy, select or reshape entries (view, permute, slice, index, cat, max...).
+
+    ``R_in = J^T R_out`` with ``J`` the op's 0/1 Jacobian: each output entry's relevance goes back to the input
+    entry it was taken from (copies add up). Exactly what the node's own backward computes, so we call it.
+    """
+
+    def relevance(self, ctx):
+        grads = ctx.vjp(*ctx.relevance)
+        return [g if ctx.has_edge(i) else None for i, g in enumerate(grads)]
+
+
+class IdentityRule(OpRule):
+    """Elementwise one-to-one ops whose relevance passes unchanged: ``R_in = R_out`` (AttnLRP's identity rule for
+    nonlinearities such as ReLU, GELU, SiLU, tanh, exp...). Conservative by construction."""
+
+    #: name of the saved tensor holding the op's result, if any (makes the node an Arg Node)
+    result_name: str | None = None
+    #: name of the saved tensor holding the op's input, if any
+    input_name: str | None = None
+
+    def known_inputs(self, node):
+        vals = [None] * len(node.next_functions)
+        if self.input_name is not None:
+            vals[0] = saved.get(node, self.input_name, None)
+        return vals
+
+    def forward_needs(self, node):
+        return (0,)
+
+    def saved_output(self, node):
+        if self.result_name is not None:
+            out = saved.get(node, self.result_name, None)
+            if out is not None:
+                return (out,)
+        return None
+
+    def relevance(self, ctx):
+        r = ctx.relevance[0]
+        shape = edge_shape(ctx, 0)
+        return [r.reshape(shape) if r.shape != shape else r] + [None] * (len(ctx.edges) - 1)

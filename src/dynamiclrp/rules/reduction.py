@@ -1,0 +1,150 @@
+"""Additive ops: sums of tensors (add/sub), reductions (sum/mean/cumsum) and averaging pools.
+
+All share one rule, proportional to each addend's share. With ``y = sum_i c_i`` (the ``c_i`` being the addends,
+after any fixed positive weights such as a mean's ``1/N``):
+
+* ``add_rule="abs"`` (default, the paper's): ``R_i = |c_i| / sum_j |c_j| * R_y``, always conservative;
+* ``add_rule="z"``: ``R_i = c_i / stab(sum_j c_j) * R_y`` (the z-rule).
+
+Autograd does not save the operands of these ops, so they are the strict promise-generating operations.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import saved
+from .base import OpRule, edge_shape, proportional, register, stabilize
+
+
+def _live(node):
+    return [i for i, (c, _) in enumerate(node.next_functions) if c is not None]
+
+
+@register("AddBackward", "SubBackward", "RsubBackward")
+class AddRule(OpRule):
+    """``y = a + alpha * b`` (``SubBackward``: ``a - alpha * b``; ``RsubBackward``: ``b - alpha * a``).
+
+    Addends ``c_a = a`` and ``c_b = ±alpha * b`` share ``R_y`` proportionally (see module doc). A constant addend
+    that autograd did not save (``x + 1``, ``x + buffer``) absorbs no relevance: ``R_x = R_y``.
+    """
+
+    def _signs(self, node):
+        alpha = saved.get(node, "alpha", 1)
+        name = saved.op_name(node)
+        if name == "SubBackward":
+            return (1, -alpha)
+        if name == "RsubBackward":
+            return (-alpha, 1)
+        return (1, alpha)
+
+    def needs(self, node, graph):
+        live = _live(node)
+        return live if len(live) > 1 else ()
+
+    def forward(self, node, inputs):
+        if len(inputs) == 1:  # scalar overload: the scalar is saved as 'other' only sometimes
+            other = saved.get(node, "other", None)
+            if other is None:
+                raise NotImplementedError("scalar operand not saved")
+            s = self._signs(node)
+            return (s[0] * inputs[0] + s[1] * other,)
+        s = self._signs(node)
+        return (s[0] * inputs[0] + s[1] * inputs[1],)
+
+    def relevance(self, ctx):
+        live = [i for i in range(len(ctx.edges)) if ctx.has_edge(i)]
+        r = ctx.relevance[0]
+        if len(live) == 1:
+            out = [None] * len(ctx.edges)
+            out[live[0]] = r.sum_to_size(edge_shape(ctx, live[0]))
+            return out
+        signs = self._signs(ctx.node)
+        contribs = [s * x for s, x in zip(signs, ctx.inputs)]
+        return proportional(contribs, r, ctx.config.add_rule == "z", ctx.config.epsilon,
+                            [edge_shape(ctx, i) for i in range(len(ctx.edges))])
+
+
+class LinearSumRule(OpRule):
+    """Base of one-input sums ``y = L(x)`` with ``L`` linear and positive (sum, mean, average pooling...):
+    ``R_x = c * L^T(R_y / L(c))`` with ``c = |x|`` (abs rule) or ``c = x`` and a stabilised denominator (z rule);
+    ``L^T`` is the node's own backward, so any positive scaling inside ``L`` cancels."""
+
+    def needs(self, node, graph):
+        return (0,)
+
+    def relevance(self, ctx):
+        x = ctx.inputs[0]
+        if ctx.config.add_rule == "z":
+            c, den = x, stabilize(self.forward(ctx.node, [x])[0], ctx.config.epsilon)
+        else:
+            c = x.abs() + torch.finfo(x.dtype).tiny
+            den = self.forward(ctx.node, [c])[0]
+        return [c * ctx.vjp(ctx.relevance[0] / den)[0]]
+
+
+@register("SumBackward")
+class SumRule(LinearSumRule):
+    """``y = x.sum(dims)``: proportional split of each sum's relevance among its addends."""
+
+    def forward(self, node, inputs):
+        if saved.has(node, "dim"):
+            return (inputs[0].sum(list(saved.get(node, "dim")), keepdim=saved.get(node, "keepdim")),)
+        return (inputs[0].sum(),)
+
+
+@register("MeanBackward")
+class MeanRule(LinearSumRule):
+    """``y = x.mean(dims)``: as for sum (the ``1/N`` cancels)."""
+
+    def forward(self, node, inputs):
+        if saved.has(node, "dim"):
+            return (inputs[0].mean(list(saved.get(node, "dim")), keepdim=saved.get(node, "keepdim")),)
+        return (inputs[0].mean(),)
+
+
+@register("CumsumBackward")
+class CumsumRule(LinearSumRule):
+    """``y_k = sum_{i<=k} x_i``: each prefix sum's relevance split among its addends."""
+
+    def forward(self, node, inputs):
+        return (inputs[0].cumsum(saved.get(node, "dim")),)
+
+
+@register("AvgPool2DBackward", "AvgPool3DBackward")
+class AvgPoolRule(LinearSumRule):
+    """Average pooling: each window's relevance split among its inputs (Zennit's ``Norm`` rule for the z case)."""
+
+    def known_inputs(self, node):
+        return [saved.get(node, "self")]
+
+    def forward(self, node, inputs):
+        fn = F.avg_pool3d if "3D" in saved.full_name(node) else F.avg_pool2d
+        return (fn(inputs[0], saved.get(node, "kernel_size"), saved.get(node, "stride"),
+                   saved.get(node, "padding"), saved.get(node, "ceil_mode"), saved.get(node, "count_include_pad"),
+                   saved.get(node, "divisor_override")),)
+
+
+@register("AdaptiveAvgPool2DBackward", "AdaptiveAvgPool3DBackward", "AdaptiveAvgPool1DBackward")
+class AdaptiveAvgPoolRule(LinearSumRule):
+    """Adaptive average pooling: as for average pooling."""
+
+    def known_inputs(self, node):
+        return [saved.get(node, "self")]
+
+    def forward(self, node, inputs):
+        size = saved.output_shapes(node)[0]
+        name = saved.full_name(node)
+        fn = F.adaptive_avg_pool3d if "3D" in name else F.adaptive_avg_pool1d if "1D" in name else F.adaptive_avg_pool2d
+        nd = 3 if "3D" in name else 1 if "1D" in name else 2
+        return (fn(inputs[0], tuple(size[-nd:])),)
+
+
+@register("Col2ImBackward")
+class FoldRule(LinearSumRule):
+    """``y = fold(x)`` (col2im) adds overlapping patches: each output entry's relevance split among its addends."""
+
+    def forward(self, node, inputs):
+        size = saved.output_shapes(node)[0][-2:]
+        return (F.fold(inputs[0], tuple(size), saved.get(node, "kernel_size"), saved.get(node, "dilation"),
+                       saved.get(node, "padding"), saved.get(node, "stride")),)

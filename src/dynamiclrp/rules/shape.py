@@ -1,0 +1,255 @@
+"""Shape, indexing and concatenation ops: exact routing of relevance (see :class:`RoutingRule`).
+
+Formula for all of them: ``R_in = J^T R_out`` where ``J`` is the op's 0/1 Jacobian, so each entry's relevance
+returns to the entry it came from and copies add up. Conservative exactly. ``forward`` recomputes the output from
+the input so that promise branches can pass through these ops.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import saved
+from .base import RoutingRule, register
+
+#: Value written where an op filled in a constant that autograd did not keep (masked_fill's value, padding,
+#: where's scalar branch). Rules downstream only ever multiply such entries by exact zeros; anything else
+#: surfaces as a NaN error naming the node, never as a silently wrong number.
+UNKNOWN = float("nan")
+
+
+def _out_shape(node, slot=0):
+    return saved.output_shapes(node)[slot]
+
+
+@register("ViewBackward", "ReshapeAliasBackward", "UnsafeViewBackward", "SqueezeBackward", "UnsqueezeBackward",
+          "AliasBackward", "CloneBackward", "ViewAsRealBackward", "LiftFreshBackward", "ContiguousBackward")
+class ReshapeRule(RoutingRule):
+    """Reshapes and copies: ``y = x.reshape(shape_of_y)``; ``R_x = R_y.reshape(shape_of_x)``."""
+
+    def forward(self, node, inputs):
+        return (inputs[0].reshape(_out_shape(node)),)
+
+
+@register("ToCopyBackward")
+class ToCopyRule(RoutingRule):
+    """Dtype/device copies: ``y = x.to(dtype)``; ``R_x = R_y`` (cast back to ``x``'s dtype)."""
+
+    def forward(self, node, inputs):
+        meta = node._input_metadata[0]
+        return (inputs[0].to(dtype=meta.dtype, device=meta.device),)
+
+
+@register("TBackward")
+class TRule(RoutingRule):
+    """Matrix transpose ``y = x.t()``; ``R_x = R_y.t()``."""
+
+    def forward(self, node, inputs):
+        return (inputs[0].t(),)
+
+
+@register("TransposeBackward")
+class TransposeRule(RoutingRule):
+    """``y = x.transpose(d0, d1)``; ``R_x = R_y.transpose(d0, d1)``."""
+
+    def forward(self, node, inputs):
+        return (inputs[0].transpose(saved.get(node, "dim0"), saved.get(node, "dim1")),)
+
+
+@register("PermuteBackward")
+class PermuteRule(RoutingRule):
+    """``y = x.permute(dims)``; ``R_x = R_y`` permuted back."""
+
+    def forward(self, node, inputs):
+        return (inputs[0].permute(*saved.get(node, "dims")),)
+
+
+@register("ExpandBackward")
+class ExpandRule(RoutingRule):
+    """Broadcast copy ``y = x.expand(shape)``; ``R_x = sum of R_y over the copies``."""
+
+    def forward(self, node, inputs):
+        return (inputs[0].expand(_out_shape(node)),)
+
+
+@register("RepeatBackward")
+class RepeatRule(RoutingRule):
+    """Tiled copy ``y = x.repeat(r)``; ``R_x = sum of R_y over the tiles``."""
+
+    def forward(self, node, inputs):
+        return (inputs[0].repeat(*saved.get(node, "repeats")),)
+
+
+@register("SliceBackward")
+class SliceRule(RoutingRule):
+    """``y = x[start:end:step]`` along ``dim``; ``R_x`` is ``R_y`` scattered back, zero elsewhere."""
+
+    def forward(self, node, inputs):
+        return (torch.ops.aten.slice(inputs[0], saved.get(node, "dim"), saved.get(node, "start"),
+                                     saved.get(node, "end"), saved.get(node, "step")),)
+
+
+@register("SelectBackward")
+class SelectRule(RoutingRule):
+    """``y = x.select(dim, index)``; ``R_x`` is ``R_y`` placed at ``index``, zero elsewhere."""
+
+    def forward(self, node, inputs):
+        return (inputs[0].select(saved.get(node, "dim"), saved.get(node, "index")),)
+
+
+@register("IndexBackward")
+class IndexRule(RoutingRule):
+    """Advanced indexing ``y = x[indices]``; ``R_x`` accumulates ``R_y`` at the indexed positions."""
+
+    def forward(self, node, inputs):
+        return (torch.ops.aten.index(inputs[0], list(saved.get(node, "indices"))),)
+
+
+@register("GatherBackward")
+class GatherRule(RoutingRule):
+    """``y = x.gather(dim, index)``; ``R_x`` scatter-adds ``R_y`` at ``index``."""
+
+    def forward(self, node, inputs):
+        return (inputs[0].gather(saved.get(node, "dim"), saved.get(node, "index")),)
+
+
+@register("EmbeddingBackward")
+class EmbeddingRule(RoutingRule):
+    """Lookup ``y = W[ids]``; each row's relevance returns to the looked-up row of ``W`` (summed over uses).
+
+    The relevance of ``y`` itself (summed over the hidden dimension) is the per-token relevance of ``ids``.
+    """
+
+    def forward(self, node, inputs):
+        return (F.embedding(saved.get(node, "indices"), inputs[0]),)
+
+
+@register("CatBackward")
+class CatRule(RoutingRule):
+    """``y = cat(xs, dim)``; each ``R_xi`` is its slice of ``R_y``."""
+
+    def forward(self, node, inputs):
+        return (torch.cat(list(inputs), saved.get(node, "dim")),)
+
+
+@register("StackBackward")
+class StackRule(RoutingRule):
+    """``y = stack(xs, dim)``; each ``R_xi`` is ``R_y.select(dim, i)``."""
+
+    def forward(self, node, inputs):
+        return (torch.stack(list(inputs), saved.get(node, "dim")),)
+
+
+@register("UnbindBackward")
+class UnbindRule(RoutingRule):
+    """``ys = x.unbind(dim)``; ``R_x = stack(R_ys, dim)`` (outputs without relevance count as zero)."""
+
+    def forward(self, node, inputs):
+        return tuple(inputs[0].unbind(saved.get(node, "dim")))
+
+
+@register("SplitBackward")
+class SplitRule(RoutingRule):
+    """``ys = x.split(size, dim)``; ``R_x = cat(R_ys, dim)``."""
+
+    def forward(self, node, inputs):
+        return tuple(inputs[0].split(saved.get(node, "split_size"), saved.get(node, "dim")))
+
+
+@register("SplitWithSizesBackward")
+class SplitWithSizesRule(RoutingRule):
+    """``ys = x.split(sizes, dim)``; ``R_x = cat(R_ys, dim)``."""
+
+    def forward(self, node, inputs):
+        return tuple(inputs[0].split(list(saved.get(node, "split_sizes")), saved.get(node, "dim")))
+
+
+@register("MaxBackward", "MinBackward")
+class MaxRule(RoutingRule):
+    """Winner-takes-all ``y = max(x, dim)`` (or the global max): the arg-max entry gets all of ``R_y`` (ties
+    split evenly for the global max, as autograd does)."""
+
+    def saved_output(self, node):
+        result = saved.get(node, "result", None)
+        return None if result is None else (result,)
+
+    def known_inputs(self, node):
+        return [saved.get(node, "self", None)]
+
+    def forward(self, node, inputs):
+        x = inputs[0]
+        if saved.has(node, "indices"):
+            dim, keep = saved.get(node, "dim"), saved.get(node, "keepdim")
+            idx = saved.get(node, "indices")
+            idx = idx if keep else idx.unsqueeze(dim)
+            out = x.gather(dim, idx)
+            return (out if keep else out.squeeze(dim),)
+        return (x.amax() if "Max" in saved.full_name(node) else x.amin(),)
+
+
+@register("MaxPool2DWithIndicesBackward", "MaxPool3DWithIndicesBackward", "MaxPool1DWithIndicesBackward")
+class MaxPoolRule(RoutingRule):
+    """Max pooling: each window's relevance goes to its arg-max input (winner takes all, as Zennit)."""
+
+    def known_inputs(self, node):
+        return [saved.get(node, "self")]
+
+    def forward(self, node, inputs):
+        x = inputs[0]
+        kwargs = dict(kernel_size=saved.get(node, "kernel_size"), stride=saved.get(node, "stride"),
+                      padding=saved.get(node, "padding"), dilation=saved.get(node, "dilation"),
+                      ceil_mode=saved.get(node, "ceil_mode"))
+        name = saved.full_name(node)
+        fn = F.max_pool3d if "3D" in name else F.max_pool1d if "1D" in name else F.max_pool2d
+        return (fn(x, **kwargs),)
+
+
+@register("MaskedFillBackward")
+class MaskedFillRule(RoutingRule):
+    """``y = x.masked_fill(mask, v)``: unmasked entries keep their relevance, filled entries have none.
+
+    The fill value of the scalar overload is not saved by autograd; forward recomputation marks those entries
+    as unknown (NaN), which only exact-zero relevance paths (e.g. a softmax weight of 0) may consume.
+    """
+
+    def forward(self, node, inputs):
+        value = inputs[1] if len(inputs) > 1 and inputs[1] is not None else UNKNOWN
+        return (inputs[0].masked_fill(saved.get(node, "mask"), value),)
+
+    def forward_needs(self, node):
+        return [i for i, (c, _) in enumerate(node.next_functions) if c is not None]
+
+
+@register("WhereBackward")
+class WhereRule(RoutingRule):
+    """``y = where(cond, a, b)``: each entry's relevance goes to the operand it was taken from.
+
+    A constant operand autograd did not save is recomputed as unknown (NaN), see :class:`MaskedFillRule`.
+    """
+
+    def forward(self, node, inputs):
+        cond = saved.get(node, "condition")
+        a = inputs[0] if inputs[0] is not None else torch.tensor(UNKNOWN)
+        b = inputs[1] if inputs[1] is not None else torch.tensor(UNKNOWN)
+        return (torch.where(cond, a, b),)
+
+    def forward_needs(self, node):
+        return [i for i, (c, _) in enumerate(node.next_functions) if c is not None]
+
+
+@register("ConstantPadNdBackward")
+class ConstantPadRule(RoutingRule):
+    """``y = pad(x, pad, value)``: interior entries keep their relevance; padding has none. The pad value is not
+    saved, so recomputed padding is marked unknown (NaN)."""
+
+    def forward(self, node, inputs):
+        return (F.pad(inputs[0], list(saved.get(node, "pad")), value=UNKNOWN),)
+
+
+@register("Im2ColBackward")
+class UnfoldRule(RoutingRule):
+    """``y = unfold(x)`` (im2col) copies each entry into several patches; ``R_x`` sums those copies."""
+
+    def forward(self, node, inputs):
+        return (F.unfold(inputs[0], saved.get(node, "kernel_size"), saved.get(node, "dilation"),
+                         saved.get(node, "padding"), saved.get(node, "stride")),)

@@ -1,0 +1,75 @@
+"""The one place that knows how autograd nodes expose their saved tensors (``_saved_*``) and output metadata.
+
+Everything else in dynamiclrp asks this module, so a change of PyTorch internals is mended here only.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+_VERSION_DIGIT = re.compile(r"\d+$")
+
+_MISSING = object()
+
+
+def op_name(node) -> str:
+    """Autograd node name without its overload digit: ``AddmmBackward0`` -> ``AddmmBackward``."""
+    return _VERSION_DIGIT.sub("", type(node).__name__)
+
+
+def full_name(node) -> str:
+    """The exact autograd node class name, e.g. ``AddmmBackward0``."""
+    return type(node).__name__
+
+
+def has(node, name: str) -> bool:
+    """Whether the node saved an attribute called ``name`` (``self``, ``other``, ``dim`` ...)."""
+    return hasattr(node, "_saved_" + name)
+
+
+def get(node, name: str, default=_MISSING):
+    """The saved attribute ``name`` of ``node`` (a tensor, a number, a tuple...).
+
+    Raises ``AttributeError`` naming the node when it is missing and no default is given.
+    """
+    try:
+        return _signed(getattr(node, "_saved_" + name))
+    except AttributeError:
+        if default is _MISSING:
+            raise AttributeError(f"{full_name(node)} has no saved value {name!r}") from None
+        return default
+    except RuntimeError as err:  # saved tensors freed by an earlier backward(retain_graph=False)
+        raise RuntimeError(
+            f"{full_name(node)} lost its saved tensors (was backward() already called without "
+            "retain_graph=True?). Explain before calling backward, or pass retain_graph=True."
+        ) from err
+
+
+def _signed(value):
+    """Autograd exposes some saved int64 values (negative dims) as unsigned: wrap them back."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 2**63:
+        return value - 2**64
+    if isinstance(value, tuple) and value and isinstance(value[0], int):
+        return tuple(_signed(v) for v in value)
+    return value
+
+
+def leaf_variable(node):
+    """The leaf tensor behind an ``AccumulateGrad`` node."""
+    return node.variable
+
+
+def output_shapes(node) -> list[torch.Size]:
+    """Shapes of every output of the forward op that made ``node`` (one per output slot)."""
+    return [torch.Size(m.shape) for m in node._input_metadata]
+
+
+def output_dtypes(node) -> list[torch.dtype]:
+    """Dtypes of every output slot of ``node``."""
+    return [m.dtype for m in node._input_metadata]
+
+
+def num_outputs(node) -> int:
+    """How many outputs the forward op of ``node`` had."""
+    return len(node._input_metadata)

@@ -12,7 +12,6 @@ from .engine import Engine, EngineResult
 from .errors import DynamicLRPError, NoGradGraphError, TargetError
 from .graph import Graph
 
-
 # ------------------------------------------------------------------------------------------------ targets
 
 
@@ -164,7 +163,7 @@ def select_output(out: Any, selector=None) -> torch.Tensor:
         return selector(out) if callable(selector) else out[selector]
     if isinstance(out, torch.Tensor):
         return out
-    if hasattr(out, "logits") and isinstance(getattr(out, "logits"), torch.Tensor):
+    if hasattr(out, "logits") and isinstance(out.logits, torch.Tensor):
         return out.logits
     if isinstance(out, dict):
         if "logits" in out:

@@ -227,6 +227,8 @@ class Engine:
         s.awaiting += 1
         if branch.requests_value:
             s.requests.append((branch, slot))
+            if s.promise is not None:  # input aggregation: a later branch joins the node's existing promise
+                s.promise.parents.append(branch)
 
     def _deliver(self, c, slot, r):
         s = self.state[c]

@@ -96,6 +96,9 @@ class _ProductRule(OpRule):
     def needs(self, node, graph):
         return range(len(node.next_functions))
 
+    def forward_needs(self, node):
+        return self.needs(node, None)
+
     def f(self, node):
         raise NotImplementedError
 

@@ -106,7 +106,8 @@ class GroupNormRule(_NormRule):
     def forward(self, node, inputs):
         x, w, b = inputs[0], self._params(inputs, 1), self._params(inputs, 2)
         xg = self._grouped(node, x)
-        y = ((xg - saved.get(node, "result1").unsqueeze(-1)) * saved.get(node, "result2").unsqueeze(-1)).reshape(x.shape)
+        mean, rstd = saved.get(node, "result1").unsqueeze(-1), saved.get(node, "result2").unsqueeze(-1)
+        y = ((xg - mean) * rstd).reshape(x.shape)
         if w is not None:
             y = y * self._chan(w, x)
         if b is not None:

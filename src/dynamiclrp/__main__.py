@@ -83,7 +83,7 @@ def demo(args: argparse.Namespace) -> int:
         ratio = total / logit if logit else float("nan")
         print(f"{i:>6} {y_test[i].item():>5} {p:>4} {logit:>9.4f} {total:>9.4f} {ratio:>7.3f}")
         titles.append(f"pred {p}  logit {logit:.2f}  sum R {total:.2f}")
-    print("(sum R falls short of the logit by what the biases absorb; a bias-free model conserves it exactly)")
+    print("(sum R differs from the logit by the relevance the biases absorb; a bias-free model conserves it exactly)")
     print(f"\nstats: {expl.stats}")
 
     from .visualize import save_heatmaps

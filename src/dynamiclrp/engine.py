@@ -172,7 +172,10 @@ class Engine:
             return tuple(out)
         known = self._known(u)
         if all(known[i] is not None for i in s.rule.forward_needs(u)):
-            return tuple(s.rule.forward(u, known))
+            try:
+                return tuple(s.rule.forward(u, known))
+            except NotImplementedError:
+                return None
         return None
 
     def _needed(self, u, with_forward: bool) -> set:

@@ -41,10 +41,8 @@ def heatmap(relevance, ax=None, symmetric=True, cmap="bwr"):
         from matplotlib.figure import Figure  # a bare Figure renders with Agg: no pyplot, no backend change
 
         ax = Figure().add_subplot()
-    limits = {}
-    if symmetric:
-        m = float(np.abs(r).max()) or 1.0
-        limits = {"vmin": -m, "vmax": m}
+    m = float(np.abs(r).max()) or 1.0
+    limits = {"vmin": -m, "vmax": m} if symmetric else {}
     image = ax.imshow(r, cmap=cmap, interpolation="nearest", **limits)
     ax.set_axis_off()
     return image

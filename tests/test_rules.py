@@ -1,0 +1,106 @@
+"""Every rule family, in both situations it meets: propagated directly, and passed through by a promise branch
+(which needs the op's forward recomputation). The second must equal a two-step computation with the activation
+at hand, which catches a wrong ``forward`` as surely as a wrong rule."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dynamiclrp import LRPConfig, NonFiniteRelevanceError, propagate
+from dynamiclrp.graph import Graph
+from dynamiclrp.saved import op_name
+
+# name -> (autograd node expected in the graph, op applied to a [2, 4, 6, 6] activation h, conservative?)
+OPS = {
+    "view": ("ViewBackward", lambda h: h.view(2, -1), True),
+    "reshape_T": ("TBackward", lambda h: h.reshape(8, 36).t(), True),
+    "transpose": ("TransposeBackward", lambda h: h.transpose(1, 3), True),
+    "permute": ("PermuteBackward", lambda h: h.permute(0, 2, 3, 1), True),
+    "expand": ("ExpandBackward", lambda h: h[:, :1].expand(2, 3, 6, 6), True),
+    "repeat": ("RepeatBackward", lambda h: h.repeat(1, 2, 1, 1), True),
+    "squeeze_unsqueeze": ("SqueezeBackward", lambda h: h.unsqueeze(0).squeeze(0), True),
+    "slice": ("SliceBackward", lambda h: h[:, 1:3, ::2], False),
+    "select": ("SelectBackward", lambda h: h[:, 2], False),
+    "index": ("IndexBackward", lambda h: h[:, [0, 2, 2]], False),
+    "gather": ("GatherBackward", lambda h: h.flatten(1).gather(1, torch.tensor([[0, 5, 7], [1, 1, 9]])), False),
+    "cat": ("CatBackward", lambda h: torch.cat([h, 2 * h], 1), True),
+    "stack": ("StackBackward", lambda h: torch.stack([h[:, 0], h[:, 1]], 1), False),
+    "unbind": ("UnbindBackward", lambda h: h.unbind(1)[2], False),
+    "split": ("SplitBackward", lambda h: h.split(2, 1)[1], False),
+    "split_sizes": ("SplitWithSizesBackward", lambda h: h.split([1, 3], 1)[1], False),
+    "max_dim": ("MaxBackward", lambda h: h.max(1).values, True),
+    "max_all": ("MaxBackward", lambda h: h.max().reshape(1), True),
+    "maxpool": ("MaxPool2DWithIndicesBackward", lambda h: F.max_pool2d(h, 2), True),
+    "avgpool": ("AvgPool2DBackward", lambda h: F.avg_pool2d(h, 2), True),
+    "adaptive_avgpool": ("AdaptiveAvgPool2DBackward", lambda h: F.adaptive_avg_pool2d(h, 3), True),
+    "sum": ("SumBackward", lambda h: h.sum((2, 3)), True),
+    "mean": ("MeanBackward", lambda h: h.mean(-1), True),
+    "cumsum": ("CumsumBackward", lambda h: h.cumsum(2), False),
+    "relu": ("ReluBackward", lambda h: torch.relu(h - h.mean()), True),
+    "gelu": ("GeluBackward", lambda h: F.gelu(h), True),
+    "silu": ("SiluBackward", lambda h: F.silu(h), True),
+    "tanh": ("TanhBackward", lambda h: torch.tanh(h), True),
+    "sigmoid": ("SigmoidBackward", lambda h: torch.sigmoid(h), True),
+    "exp": ("ExpBackward", lambda h: torch.exp(h), True),
+    "log": ("LogBackward", lambda h: torch.log(h.clamp(min=0.1)), True),
+    "sqrt": ("SqrtBackward", lambda h: torch.sqrt(h), True),
+    "rsqrt": ("RsqrtBackward", lambda h: torch.rsqrt(h.clamp(min=0.1)), True),
+    "pow": ("PowBackward", lambda h: h ** 2, True),
+    "neg": ("NegBackward", lambda h: -h, True),
+    "mul_const": ("MulBackward", lambda h: h * 3.0, True),
+    "mul_two_activations": ("MulBackward", lambda h: h * torch.sigmoid(h), True),
+    "div_const": ("DivBackward", lambda h: h / 4.0, True),
+    "softmax": ("SoftmaxBackward", lambda h: torch.softmax(h, -1), False),
+    "layer_norm": ("NativeLayerNormBackward", lambda h: F.layer_norm(h, (6,)), False),
+    "group_norm": ("NativeGroupNormBackward", lambda h: F.group_norm(h, 2), False),
+    "masked_fill": ("MaskedFillBackward", lambda h: h.masked_fill(h > 1.5, 0.0), False),
+    "where": ("WhereBackward", lambda h: torch.where(h > 1.0, h, 2 * h), True),
+    "pad": ("ConstantPadNdBackward", lambda h: F.pad(h, (1, 1)), True),
+    "unfold": ("Im2ColBackward", lambda h: F.unfold(h, 2), True),
+    "fold": ("Col2ImBackward", lambda h: F.fold(h.reshape(2, 16, 9), (4, 4), 2), True),
+    "clone": ("CloneBackward", lambda h: h.clone(), True),
+    "to_copy": ("ToCopyBackward", lambda h: h.to(torch.float32).to(torch.float64), True),
+    "bmm_bilinear": ("BmmBackward", lambda h: torch.bmm(h.flatten(2), h.flatten(2).transpose(1, 2)), False),
+    "sdpa": ("ScaledDotProductFlashAttentionForCpuBackward",
+             lambda h: F.scaled_dot_product_attention(h, h * 0.5, h, is_causal=True), False),
+}
+
+
+def _activation():
+    x = torch.rand(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.nn.Parameter(torch.rand(4, 4, 1, 1, dtype=torch.float64))
+    return x, torch.relu(F.conv2d(x, w))
+
+
+# Ops whose fill value autograd does not keep: recomputed entries are NaN-marked, and an add that consumes them
+# must fail loudly rather than return a number built on a guess.
+UNKNOWN_FILL = {"masked_fill", "pad"}
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_rule_direct_and_through_a_promise(name):
+    node_name, op, conservative = OPS[name]
+    cfg = LRPConfig(epsilon=1e-12)
+    x, h = _activation()
+    y = op(h)
+    names = {op_name(n) for n in Graph.capture(y).order}
+    assert node_name in names, names
+
+    # direct: relevance of y itself, back to h
+    (r_h,) = propagate(y, [h], relevance=y.detach(), config=cfg)
+    assert torch.isfinite(r_h).all()
+    if conservative:
+        assert torch.allclose(r_h.sum(), y.detach().sum(), rtol=1e-6)
+
+    # through a promise: out = y + c needs y's value, rebuilt by forward chaining through the op
+    c = torch.rand_like(y.detach()) + 0.5
+    c.requires_grad_(True)
+    out = y + c
+    if name in UNKNOWN_FILL:
+        with pytest.raises(NonFiniteRelevanceError, match="AddBackward0"):
+            propagate(out, [h], relevance=out.detach(), config=cfg)
+        return
+    (r_h2,) = propagate(out, [h], relevance=out.detach(), config=cfg)
+    yd = y.detach()
+    r_y = yd.abs() / (yd.abs() + c.detach().abs()) * out.detach()
+    (expected,) = propagate(op(h), [h], relevance=r_y, config=cfg)
+    assert torch.allclose(r_h2, expected, rtol=1e-8, atol=1e-12)

@@ -151,7 +151,7 @@ def test_config_validation():
         LRPConfig(rule_overrides={"Mul": IdentityRule()})
     with pytest.raises(TypeError):
         LRPConfig(rule_overrides={"MulBackward0": "identity"})
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         LRPConfig().epsilon = 2  # frozen
 
 

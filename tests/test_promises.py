@@ -92,7 +92,8 @@ def test_aggregation_of_branches_and_tensor_relevance_appendix_e():
     (r_e,), stats, result = run(out, [e])
     vd, R = v.detach(), out.detach()
     R1, R2, R3 = R[:20].view(5, 4), R[20:40].view(5, 4), R[40:].view(5, 5)
-    expected_v = share(vd, k1.detach()) * R1 + share(vd, k2.detach()) * R2 + vd * ((R3 / stab(s3.detach())) @ w3.detach().T)
+    expected_v = share(vd, k1.detach()) * R1 + share(vd, k2.detach()) * R2
+    expected_v = expected_v + vd * ((R3 / stab(s3.detach())) @ w3.detach().T)
     assert torch.allclose(r_e, expected_v.t(), atol=1e-9)
     agg = [p for p in result.promises if p.kind in ("pre", "dependent")]
     assert any(len(p.parents) == 2 for p in agg), "both branches should aggregate at one promise"

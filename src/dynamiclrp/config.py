@@ -29,6 +29,11 @@ class LRPConfig:
         ``"MulBackward0"``) to an :class:`dynamiclrp.rules.OpRule` instance used instead of the built-in rule.
     check_finite:
         Raise :class:`~dynamiclrp.errors.NonFiniteRelevanceError` at the first node whose relevance holds NaN/Inf.
+    unsupported:
+        ``"raise"`` (default): an op without a rule raises :class:`~dynamiclrp.errors.UnsupportedOperationError`
+        before anything runs. ``"warn"``: warn once, naming the ops, and explain them with the generic rule of
+        :class:`~dynamiclrp.rules.base.FallbackRule` (identity for one-to-one ops, the op's own backward
+        otherwise) -- a documented approximation, never silent.
     """
 
     epsilon: float = 1e-6
@@ -38,6 +43,7 @@ class LRPConfig:
     add_rule: str = "abs"
     rule_overrides: Mapping[str, Any] = field(default_factory=dict)
     check_finite: bool = True
+    unsupported: str = "raise"
 
     def __post_init__(self):
         if not self.epsilon >= 0:
@@ -45,6 +51,8 @@ class LRPConfig:
         for name in ("gamma_linear", "gamma_conv"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.unsupported not in ("raise", "warn"):
+            raise ValueError(f"unsupported must be 'raise' or 'warn', got {self.unsupported!r}")
         if self.add_rule not in _ADD_RULES:
             raise ValueError(f"add_rule must be one of {_ADD_RULES}, got {self.add_rule!r}")
         from .rules import OpRule  # local import: rules import nothing from here at import time
@@ -68,4 +76,5 @@ class LRPConfig:
 
     def __hash__(self):  # MappingProxyType is unhashable; configs key plan caches
         return hash((self.epsilon, self.gamma_linear, self.gamma_conv, self.zplus, self.add_rule,
-                     tuple(sorted((k, id(v)) for k, v in self.rule_overrides.items())), self.check_finite))
+                     tuple(sorted((k, id(v)) for k, v in self.rule_overrides.items())), self.check_finite,
+                     self.unsupported))

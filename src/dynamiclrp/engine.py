@@ -11,6 +11,7 @@ backward chain. ``EngineResult.propagations`` counts it, and the engine raises i
 """
 from __future__ import annotations
 
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from .errors import NonFiniteRelevanceError, UnrecoverableValueError, Unsupporte
 from .graph import Graph
 from .promise import Branch, ChainStep, Promise
 from .rules import RuleContext, lookup
+from .rules.base import FallbackRule
 
 _LEAF = "AccumulateGrad"
 
@@ -98,16 +100,34 @@ class Engine:
             nslots = 1 if name == _LEAF else saved.num_outputs(node)
             self.state[node] = _State(rule, graph.indegree(node), nslots)
         if unsupported:
-            raise UnsupportedOperationError(unsupported)
+            if config.unsupported == "raise":
+                raise UnsupportedOperationError(unsupported)
+            warnings.warn(f"dynamiclrp: no rule for {sorted(unsupported)}; using the generic FallbackRule "
+                          "(identity / the op's own backward). Results for these ops are approximate.",
+                          stacklevel=3)
+            fallback = FallbackRule()
+            for node in graph.order:
+                if self.state[node].rule is None and saved.op_name(node) != _LEAF:
+                    self.state[node].rule = fallback
         self.stack: list = []
         self.breakq: deque = deque()
         self.readyq: deque = deque()
         self.promises: list[Promise] = []
         self.chain_nodes = 0
         self.propagations = {node: 0 for node in graph.order}
+        self.compute_dtype = None
 
     # ------------------------------------------------------------------------------------------- driver
     def run(self, seed, slot: int = 0) -> EngineResult:
+        """Propagate ``seed`` (relevance of output ``slot`` of the root) through the whole graph.
+
+        Half and bfloat16 graphs are explained in float32 (relevances accumulate in float32; operands are cast
+        where rules use them), so results stay close to a float32 run on the same weights."""
+        if not bool(torch.isfinite(seed).all()):
+            raise NonFiniteRelevanceError("the starting relevance (the model output at the target) is not finite")
+        if seed.dtype in (torch.float16, torch.bfloat16):
+            self.compute_dtype = torch.float32
+            seed = seed.float()
         root = self.graph.root
         self.state[root].rel[slot] = seed
         self.stack.append(root)
@@ -330,6 +350,10 @@ class Engine:
         s.done = True
         self.propagations[u] += 1
         rel = [r if r is not None else _zeros(u, k) for k, r in enumerate(rel)]
+        if self.compute_dtype is not None:
+            rel = [_up(r, self.compute_dtype) for r in rel]
+            inputs = [_up(x, self.compute_dtype) for x in inputs]
+            outputs = None if outputs is None else tuple(_up(o, self.compute_dtype) for o in outputs)
         if self.keep_all:
             self.node_relevance[u] = rel
         if u in self.tap_nodes:
@@ -356,3 +380,9 @@ def _zeros(node, slot):
         return torch.zeros_like(v)
     meta = node._input_metadata[slot]
     return torch.zeros(meta.shape, dtype=meta.dtype, device=meta.device)
+
+
+def _up(t, dtype):
+    if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16):
+        return t.to(dtype)
+    return t

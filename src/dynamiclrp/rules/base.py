@@ -92,8 +92,12 @@ class RuleContext:
     def vjp(self, *grads) -> tuple:
         """The node's own backward function applied to ``grads`` (one per output slot): the exact transpose of
         the op's linearisation. Routing rules use it directly; proportional rules use it to spread a ratio."""
-        out = self.node(*grads)
-        return (out,) if isinstance(out, torch.Tensor) or out is None else tuple(out)
+        metas = self.node._input_metadata
+        cast = [g.to(m.dtype) if g is not None and g.dtype != m.dtype else g for g, m in zip(grads, metas)]
+        out = self.node(*cast)
+        out = (out,) if isinstance(out, torch.Tensor) or out is None else tuple(out)
+        dtype = grads[0].dtype if grads and grads[0] is not None else None
+        return tuple(o.to(dtype) if o is not None and dtype is not None and o.dtype != dtype else o for o in out)
 
 
 class OpRule:
@@ -224,3 +228,23 @@ class IdentityRule(OpRule):
         r = ctx.relevance[0]
         shape = edge_shape(ctx, 0)
         return [r.reshape(shape) if r.shape != shape else r] + [None] * (len(ctx.edges) - 1)
+
+
+class FallbackRule(OpRule):
+    """The loud generic rule used for ops without a rule when ``LRPConfig(unsupported="warn")``.
+
+    One input with as many entries as the output: identity ``R_x = R_y`` (reshaped). Otherwise the op's own
+    backward applied to the relevance, ``R_x = J^T R_y`` (exact for routing ops, an approximation otherwise).
+    """
+
+    def relevance(self, ctx):
+        live = [i for i in range(len(ctx.edges)) if ctx.has_edge(i)]
+        r = ctx.relevance[0]
+        if len(live) == 1 and len(ctx.relevance) == 1:
+            shape = edge_shape(ctx, live[0])
+            if shape.numel() == r.numel():
+                out = [None] * len(ctx.edges)
+                out[live[0]] = r.reshape(shape)
+                return out
+        grads = ctx.vjp(*ctx.relevance)
+        return [g if ctx.has_edge(i) else None for i, g in enumerate(grads)]

@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from dynamiclrp import (
     LRP,
+    DynamicLRPError,
     LRPConfig,
     NoGradGraphError,
     NonFiniteRelevanceError,
@@ -169,6 +170,22 @@ def test_model_output_selection():
     assert LRP(TupleModel()).attribute(x, target=0).shape == x.shape
     r1 = LRP(TupleModel(), output_selector=lambda o: o["logits"]).attribute(x, target=0)
     assert r1.abs().sum() > 0
+
+    class DictModel(TupleModel):
+        def forward(self, x):
+            return {"scores": self.lin(x)}
+
+    with pytest.raises(DynamicLRPError, match="output_selector"):
+        LRP(DictModel()).attribute(x, target=0)
+    assert LRP(DictModel(), output_selector="scores").attribute(x, target=0).abs().sum() > 0
+
+
+def test_input_without_grad_is_an_error_not_zeros():
+    w = nn.Parameter(torch.randn(3, 2))
+    x = torch.randn(4, 3)  # does not require grad
+    out = x @ w
+    with pytest.raises(DynamicLRPError, match="requires_grad_"):
+        propagate(out, [x], target=0)
 
 
 def test_propagate_to_intermediates_params_and_multi_output_nodes():

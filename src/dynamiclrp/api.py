@@ -102,7 +102,8 @@ def propagate(output: torch.Tensor, inputs: Sequence[torch.Tensor], relevance: t
     ----------
     output: any tensor with a ``grad_fn``.
     inputs: tensors to collect relevance for: leaf inputs, parameters, or intermediate tensors kept from the
-        forward pass. A tensor that did not contribute to ``output`` gets zeros.
+        forward pass. A tensor that requires grad but did not contribute to ``output`` gets zeros; one that does
+        not require grad (so the graph cannot reach it) raises.
     relevance: starting relevance shaped like ``output``; default: ``output`` masked to ``target``
         (see :func:`seed_relevance`).
     config: rules and hyper-parameters (default :class:`LRPConfig()`).
@@ -120,8 +121,14 @@ def propagate(output: torch.Tensor, inputs: Sequence[torch.Tensor], relevance: t
         relevance = seed_relevance(output, target)
     graph_taps = []
     graph = Graph.capture(output)
-    for t in inputs:
-        graph_taps.append(_tap_for(graph, t))
+    for k, t in enumerate(inputs):
+        tap = _tap_for(graph, t)
+        if tap is None and not t.requires_grad:
+            raise DynamicLRPError(
+                f"inputs[{k}] (shape {tuple(t.shape)}) does not require grad, so the autograd graph never reaches it "
+                "and its relevance is unknown. Call .requires_grad_() on it before the forward pass."
+            )
+        graph_taps.append(tap)
     want_params = any(isinstance(t, torch.nn.Parameter) for t in inputs)
     engine = Engine(graph, config, taps=[t for t in graph_taps if t is not None], want_params=want_params)
     result = engine.run(relevance.detach(), slot=output.output_nr)

@@ -345,21 +345,28 @@ class Engine:
             if child is not None:
                 self._land_tensor(child, cslot, rins[i] if rins else None)
 
-    def _apply(self, u, rel, inputs, outputs):
-        s = self.state[u]
-        s.done = True
-        self.propagations[u] += 1
-        rel = [r if r is not None else _zeros(u, k) for k, r in enumerate(rel)]
-        if self.compute_dtype is not None:
-            rel = [_up(r, self.compute_dtype) for r in rel]
-            inputs = [_up(x, self.compute_dtype) for x in inputs]
-            outputs = None if outputs is None else tuple(_up(o, self.compute_dtype) for o in outputs)
+    def _record(self, u, rel):
         if self.keep_all:
             self.node_relevance[u] = rel
         if u in self.tap_nodes:
             for k, r in enumerate(rel):
                 if (u, k) in self.taps:
                     self.taps[(u, k)] = r
+
+    def _apply(self, u, rel, inputs, outputs):
+        s = self.state[u]
+        s.done = True
+        self.propagations[u] += 1
+        if all(r is None for r in rel):  # nothing arrived (e.g. a weight's transpose): nothing to distribute
+            if self.keep_all or u in self.tap_nodes:
+                self._record(u, [_zeros(u, k) for k in range(len(rel))])
+            return [None] * len(self.graph.edges[u])
+        rel = [r if r is not None else _zeros(u, k) for k, r in enumerate(rel)]
+        if self.compute_dtype is not None:
+            rel = [_up(r, self.compute_dtype) for r in rel]
+            inputs = [_up(x, self.compute_dtype) for x in inputs]
+            outputs = None if outputs is None else tuple(_up(o, self.compute_dtype) for o in outputs)
+        self._record(u, rel)
         if s.rule is None:
             return []
         ctx = RuleContext(u, s.rule, inputs, rel, self.config, self.graph, self.want_params, outputs)

@@ -15,7 +15,7 @@ import torch
 
 from .. import saved
 from .base import OpRule, register, stabilize
-from .linear import product_relevance
+from .linear import Matmul, product_relevance
 
 
 def softmax_relevance(x, s, r, dim):
@@ -101,11 +101,12 @@ class SDPARule(OpRule):
         scale, a, x = self._scores(node, q, k)
         p = torch.softmax(x, -1)
         ve = _expand_kv(v, heads)
-        r_p, r_v, _ = product_relevance(torch.matmul, p, ve, None, ctx.relevance[0], cfg, 0.0, True, True, False)
+        r_p, r_v, _ = product_relevance(Matmul(), p, ve, None, ctx.relevance[0], cfg, 0.0, True, True, False)
         r_x = softmax_relevance(x, p, r_p, -1)
         ke = _expand_kv(k, heads)
-        r_q, r_k, _ = product_relevance(lambda qq, kk: scale * qq @ kk.transpose(-2, -1), q, ke, None, r_x, cfg,
-                                        0.0, True, True, False)
+        r_q, r_kt, _ = product_relevance(Matmul(scale), q, ke.transpose(-2, -1), None, r_x, cfg, 0.0, True, True,
+                                         False)
+        r_k = r_kt.transpose(-2, -1)
         if ke.shape != k.shape:  # fold GQA copies back
             g = heads // k.shape[-3]
             r_k = r_k.unflatten(-3, (k.shape[-3], g)).sum(-3)

@@ -23,8 +23,48 @@ from .. import saved
 from .base import OpRule, edge_shape, register, stabilize, unbroadcast
 
 
+class Matmul:
+    """``f(a, b) = alpha * (a @ b)`` with closed-form transposes (no autograd round trip)."""
+
+    def __init__(self, alpha=1):
+        self.alpha = alpha
+
+    def __call__(self, a, b):
+        out = torch.matmul(a, b)
+        return out if self.alpha == 1 else self.alpha * out
+
+    def vjp(self, a, b, s, wrt):
+        s = s if self.alpha == 1 else self.alpha * s
+        if a.dim() == 1 or b.dim() == 1:  # matrix-vector: let autograd handle the shapes
+            return _autograd_vjp(torch.matmul, a, b, s, wrt)
+        if wrt == 0:
+            return (s @ b.mT).sum_to_size(a.shape)
+        return (a.mT @ s).sum_to_size(b.shape)
+
+
+class Convolution:
+    """``f(x, w) = conv(x, w)`` with the transposes from ``aten.convolution_backward``."""
+
+    def __init__(self, stride, padding, dilation, transposed, output_padding, groups):
+        self.args = (stride, padding, dilation, transposed, output_padding, groups)
+
+    def __call__(self, x, w):
+        return torch.convolution(x, w, None, *self.args)
+
+    def vjp(self, x, w, s, wrt):
+        mask = [wrt == 0, wrt == 1, False]
+        grads = torch.ops.aten.convolution_backward(s, x, w, None, *self.args, mask)
+        return grads[wrt]
+
+
 def _vjp(f, a, b, s, wrt: int):
     """Transpose of the bilinear map ``f`` in operand ``wrt`` applied to ``s``."""
+    if hasattr(f, "vjp"):
+        return f.vjp(a, b, s, wrt)
+    return _autograd_vjp(f, a, b, s, wrt)
+
+
+def _autograd_vjp(f, a, b, s, wrt: int):
     with torch.enable_grad():
         a_ = a.detach().requires_grad_(wrt == 0)
         b_ = b.detach().requires_grad_(wrt == 1)
@@ -45,8 +85,7 @@ def product_relevance(f, a, b, bias, r, cfg, gamma, act_a: bool, act_b: bool, wa
     if not act_a and not act_b:
         return None, None, None
     if act_b:  # make the activation the first operand
-        g = lambda x, w: f(w, x)  # noqa: E731
-        rx, rw, rb = product_relevance(g, b, a, bias, r, cfg, gamma, True, False, want_params)
+        rx, rw, rb = product_relevance(_Swapped(f), b, a, bias, r, cfg, gamma, True, False, want_params)
         return rw, rx, rb
     x, w = a, b
     zero = torch.zeros((), dtype=x.dtype)
@@ -78,6 +117,19 @@ def product_relevance(f, a, b, bias, r, cfg, gamma, act_a: bool, act_b: bool, wa
     rx = x * _vjp(f, x, w, s, 0)
     rw = w * _vjp(f, x, w, s, 1) if want_params else None
     return rx, rw, None if bias is None else bias * s
+
+
+class _Swapped:
+    """``g(x, w) = f(w, x)``, keeping ``f``'s closed-form transposes."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __call__(self, x, w):
+        return self.f(w, x)
+
+    def vjp(self, x, w, s, wrt):
+        return _vjp(self.f, w, x, s, 1 - wrt)
 
 
 class _ProductRule(OpRule):
@@ -134,10 +186,7 @@ class _ProductRule(OpRule):
 
 
 def _scaled_matmul(node):
-    alpha = saved.get(node, "alpha", 1)
-    if alpha == 1:
-        return torch.matmul
-    return lambda a, b: alpha * torch.matmul(a, b)
+    return Matmul(saved.get(node, "alpha", 1))
 
 
 @register("MmBackward", "BmmBackward", "MvBackward")
@@ -150,7 +199,7 @@ class MatmulRule(_ProductRule):
         return [saved.get(node, "self", None), saved.get(node, b_name, None)]
 
     def f(self, node):
-        return torch.matmul
+        return Matmul()
 
 
 @register("AddmmBackward", "BaddbmmBackward")
@@ -199,9 +248,9 @@ class ConvolutionRule(_ProductRule):
         return [i for i in range(3) if i < 2 or node.next_functions[2][0] is not None]
 
     def f(self, node):
-        args = (saved.get(node, "stride"), saved.get(node, "padding"), saved.get(node, "dilation"),
-                saved.get(node, "transposed"), saved.get(node, "output_padding"), saved.get(node, "groups"))
-        return lambda x, w: torch.convolution(x, w, None, *args)
+        return Convolution(saved.get(node, "stride"), saved.get(node, "padding"), saved.get(node, "dilation"),
+                           saved.get(node, "transposed"), saved.get(node, "output_padding"),
+                           saved.get(node, "groups"))
 
     def bias_view(self, node, bias, z_dim):
         return bias.reshape((1, -1) + (1,) * (z_dim - 2))

@@ -77,14 +77,15 @@ def main(argv=None):
     torch.manual_seed(0)
     print(f"{'model':<20} {'grad*input s':>13} {'dynamiclrp s':>13} {'ratio':>7} {'zennit s':>9} {'ratio':>7} "
           f"{'peak +MiB':>9}")
+    target = 1
     for name, model, x, cnn in models():
-        target = 1
-        t_grad = _timed(lambda: grad_x_input(model, x, target), args.repeat)
         lrp = LRP(model)
+        lrp_target = target if cnn else (-1, target)
+        t_grad = _timed(lambda m=model, x=x: grad_x_input(m, x, target), args.repeat)
         before = _peak_kib()
-        t_lrp = _timed(lambda: lrp.attribute(x, target=target if cnn else (-1, target)), args.repeat)
+        t_lrp = _timed(lambda lrp=lrp, x=x, t=lrp_target: lrp.attribute(x, target=t), args.repeat)
         peak = (_peak_kib() - before) / 1024
-        t_zen = _timed(lambda: zennit_epsilon(model, x, target), args.repeat) if cnn else float("nan")
+        t_zen = _timed(lambda m=model, x=x: zennit_epsilon(m, x, target), args.repeat) if cnn else float("nan")
         print(f"{name:<20} {t_grad:>13.4f} {t_lrp:>13.4f} {t_lrp / t_grad:>7.1f} {t_zen:>9.4f} "
               f"{t_zen / t_grad:>7.1f} {peak:>9.1f}")
 

@@ -118,8 +118,16 @@ def test_unsupported_op_is_named():
         def forward(self, x):
             return _Custom.apply(self.lin(x))
 
-    with pytest.raises(UnsupportedOperationError, match="_CustomBackward"):
-        LRP(M()).attribute(torch.randn(2, 3), target=0)
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = M()
+
+        def forward(self, x):
+            return self.block(x)
+
+    with pytest.raises(UnsupportedOperationError, match=r"_CustomBackward x1 \(in block\)"):
+        LRP(Outer()).attribute(torch.randn(2, 3), target=0)
 
 
 def test_rule_override_and_nan_detection():

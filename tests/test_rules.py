@@ -57,6 +57,9 @@ OPS = {
     "pad": ("ConstantPadNdBackward", lambda h: F.pad(h, (1, 1)), True),
     "unfold": ("Im2ColBackward", lambda h: F.unfold(h, 2), True),
     "fold": ("Col2ImBackward", lambda h: F.fold(h.reshape(2, 16, 9), (4, 4), 2), True),
+    "roll": ("RollBackward", lambda h: torch.roll(h, (1, -2), (2, 3)), True),
+    "as_strided_pool": ("AsStridedBackward", lambda h: F.adaptive_avg_pool2d(
+        h.contiguous(memory_format=torch.channels_last), 1), True),
     "clone": ("CloneBackward", lambda h: h.clone(), True),
     "to_copy": ("ToCopyBackward", lambda h: h.to(torch.float32).to(torch.float64), True),
     "bmm_bilinear": ("BmmBackward", lambda h: torch.bmm(h.flatten(2), h.flatten(2).transpose(1, 2)), False),

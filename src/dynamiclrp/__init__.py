@@ -4,10 +4,12 @@ The public API is small:
 
 * :class:`LRP` -- ``LRP(model, config).attribute(inputs, target)`` explains a model output;
 * :func:`propagate` -- the functional core, from any output tensor to any tensors of its graph;
-* :class:`LRPConfig` -- rules and hyper-parameters.
+* :class:`LRPConfig` -- rules and hyper-parameters;
+* :func:`coverage` -- which operations of a model have a rule, and its promise statistics.
 """
 from .api import LRP, Explanation, propagate, seed_relevance
 from .config import LRPConfig
+from .coverage import CoverageReport, coverage
 from .errors import (
     DynamicLRPError,
     NoGradGraphError,
@@ -25,6 +27,8 @@ __all__ = [
     "propagate",
     "seed_relevance",
     "Explanation",
+    "coverage",
+    "CoverageReport",
     "DynamicLRPError",
     "UnsupportedOperationError",
     "NoGradGraphError",

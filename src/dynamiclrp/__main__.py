@@ -1,4 +1,5 @@
-"""Command line of dynamiclrp: ``python -m dynamiclrp demo`` (or the ``dynamiclrp`` console script).
+"""Command line of dynamiclrp: ``python -m dynamiclrp demo``, ``python -m dynamiclrp coverage SPEC`` (or the
+``dynamiclrp`` console script).
 
 Subcommands live in :data:`COMMANDS` (name -> (add_arguments, run, help)); add one there to extend the CLI.
 """
@@ -93,10 +94,37 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ coverage
+
+
+def _coverage_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="torchvision:NAME, timm:NAME, hf:NAME (gpt2, bert, llama, ...), "
+                                     "package.module:factory or path/to/file.py:factory")
+    parser.add_argument("--input-shape", default=None,
+                        help="example input shape, e.g. 1,3,32,32 (needed when a factory returns only a model)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--no-run", action="store_true", help="only check rule coverage, do not run the engine")
+
+
+def coverage_command(args: argparse.Namespace) -> int:
+    """Build the model of ``args.spec`` offline and print its coverage report; exit status 1 when some op has no
+    rule or the engine run failed."""
+    from .coverage import coverage
+    from .zoo import build
+
+    torch.manual_seed(0)
+    model, inputs, kwargs = build(args.spec, args.input_shape)
+    report = coverage(model, inputs, forward_kwargs=kwargs, run=not args.no_run, label=args.spec)
+    print(report.to_json() if args.json else report)
+    return 0 if report.complete and report.engine_error is None else 1
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 COMMANDS = {
     "demo": (_demo_arguments, demo, "train a tiny CNN on scikit-learn's digits and explain it"),
+    "coverage": (_coverage_arguments, coverage_command,
+                 "which autograd ops of a model have an LRP rule, and its promise statistics"),
 }
 DEFAULT_COMMAND = "demo"
 

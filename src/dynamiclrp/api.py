@@ -9,7 +9,7 @@ import torch
 from . import saved
 from .config import LRPConfig
 from .engine import Engine, EngineResult
-from .errors import DynamicLRPError, NoGradGraphError, TargetError
+from .errors import DynamicLRPError, NoGradGraphError, TargetError, UnsupportedOperationError
 from .graph import Graph
 
 # ------------------------------------------------------------------------------------------------ targets
@@ -238,7 +238,10 @@ class LRP:
                 taps.append(_embedding_taps(graph, x))
             else:
                 taps.append([])
-        engine = Engine(graph, self.config, taps=[t for ts in taps for t in ts if t is not None])
+        try:
+            engine = Engine(graph, self.config, taps=[t for ts in taps for t in ts if t is not None])
+        except UnsupportedOperationError as err:
+            raise self._located(err, prepared, forward_kwargs) from None
         result = engine.run(seed, slot=output.output_nr)
         relevance, emb = [], []
         for x, ts in zip(prepared, taps):
@@ -261,6 +264,21 @@ class LRP:
                 emb.append(None)
         stats = summarize(result)
         return Explanation(tuple(relevance), tuple(emb), output.detach(), seed, stats)
+
+
+    def _located(self, err: UnsupportedOperationError, inputs, forward_kwargs) -> UnsupportedOperationError:
+        """The same error, with the module path of each unsupported node (found by one extra forward pass)."""
+        from .coverage import _module_paths
+
+        try:
+            places = _module_paths(self.model, inputs, forward_kwargs, set(err.ops))
+        except Exception:  # locating is best effort; the original error stays accurate
+            return err
+        ops = {}
+        for name, where in err.ops.items():
+            paths = [p or "<model>" for p, n in places.get(name, {}).items() for _ in range(n)]
+            ops[name] = paths + [None] * (len(where) - len(paths))
+        return UnsupportedOperationError(ops)
 
 
 def _embedding_taps(graph: Graph, ids: torch.Tensor) -> list:

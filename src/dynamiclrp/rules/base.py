@@ -170,7 +170,12 @@ def proportional(contributions: Sequence[Tensor | None], out_relevance: Tensor, 
         weights = [None if c is None else c.abs() + tiny for c in contributions]
         den = sum(w for w in weights if w is not None)
     ratio = out_relevance / den
-    return [None if w is None else unbroadcast(w * ratio, s) for w, s in zip(weights, shapes)]
+    shares = [None if w is None else w * ratio for w in weights]
+    if not all(bool(torch.isfinite(t).all()) for t in shares if t is not None):
+        # entries recomputed as unknown (see rules.shape.UNKNOWN) may only meet exactly zero relevance
+        zero = out_relevance == 0
+        shares = [None if t is None else torch.where(zero, torch.zeros((), dtype=t.dtype), t) for t in shares]
+    return [None if t is None else unbroadcast(t, s) for t, s in zip(shares, shapes)]
 
 
 def zeros_for(node, slot: int) -> Tensor:

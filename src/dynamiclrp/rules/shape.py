@@ -253,3 +253,23 @@ class UnfoldRule(RoutingRule):
     def forward(self, node, inputs):
         return (F.unfold(inputs[0], saved.get(node, "kernel_size"), saved.get(node, "dilation"),
                          saved.get(node, "padding"), saved.get(node, "stride")),)
+
+
+@register("RollBackward")
+class RollRule(RoutingRule):
+    """``y = roll(x, shifts, dims)`` (shifted windows): each entry's relevance rolls back to where it came from."""
+
+    def forward(self, node, inputs):
+        return (torch.roll(inputs[0], list(saved.get(node, "shifts")), list(saved.get(node, "dims"))),)
+
+
+@register("AsStridedBackward")
+class AsStridedRule(RoutingRule):
+    """``y = x.as_strided(size, stride, offset)``: entries are read from ``x``'s storage; relevance returns to the
+    entries read (entries read twice add up)."""
+
+    def forward(self, node, inputs):
+        x = inputs[0].contiguous()
+        offset = saved.get(node, "storage_offset", None)
+        return (x.as_strided(saved.get(node, "size"), saved.get(node, "stride"),
+                             x.storage_offset() if offset is None else offset),)

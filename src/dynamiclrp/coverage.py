@@ -1,0 +1,405 @@
+"""Rule coverage of a model: which autograd operations of its graph have an LRP rule, where the ones without
+live in the model, and -- when everything is covered -- the promise statistics of one explanation (paper
+Table 2).
+
+>>> from dynamiclrp import coverage
+>>> report = coverage(model, torch.randn(1, 3, 64, 64))
+>>> print(report)                 # op types with their counts, then the summary
+>>> report.to_json()
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import saved
+from .api import seed_relevance, select_output
+from .config import LRPConfig
+from .engine import Engine
+from .errors import NoGradGraphError
+from .graph import Graph
+from .rules import lookup
+
+_LEAF = "AccumulateGrad"
+_ROOT = "<root>"  # how the model itself (module path "") is shown
+
+
+@dataclass
+class OpCoverage:
+    """One autograd op type of the graph.
+
+    Attributes
+    ----------
+    name : str
+        Exact autograd node class name, e.g. ``"AddmmBackward0"``.
+    count : int
+        Nodes of this type in the graph.
+    covered : bool
+        Whether the type has a rule (or is a leaf, ``AccumulateGrad``).
+    rule : str or None
+        Class name of the rule that explains it (``None`` for leaves and uncovered ops).
+    modules : dict
+        For uncovered ops whose place could be recovered: module path -> nodes there (``""`` is the model itself).
+    """
+
+    name: str
+    count: int
+    covered: bool
+    rule: str | None = None
+    modules: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class CoverageReport:
+    """What :func:`coverage` found.
+
+    Attributes
+    ----------
+    label : str
+        What was checked (a zoo spec, a model class name, or ``"output"``).
+    nodes : int
+        Nodes of the autograd graph, leaves (``AccumulateGrad``) included: ``|V|``.
+    covered_nodes : int
+        Nodes with a rule, plus leaves.
+    ops : list of OpCoverage
+        One entry per op type, uncovered first, then by decreasing count.
+    stats : dict or None
+        Promise statistics of one engine run (only when every node is covered and ``run=True``):
+        ``promise_nodes`` (``|V_P|``), ``promises``, ``promises_by_kind``, ``chain_nodes``,
+        ``max_promise_depth`` (``delta``), ``density`` (``rho = |V_P| / |V|``), ``seed_relevance`` and
+        ``input_relevance`` (sums; ``None`` if not finite), ``relevance_ratio`` (input / seed; ``None`` for a zero
+        seed). Input relevance is what reached the float inputs' leaves and the embedding lookups of integer
+        inputs; for a bare ``output``, every leaf that is not an ``nn.Parameter``.
+    engine_error : str or None
+        Why the engine run failed, if it did (e.g. an unrecoverable operand value); ``stats`` is then ``None``.
+    """
+
+    label: str
+    nodes: int
+    covered_nodes: int
+    ops: list[OpCoverage]
+    stats: dict | None = None
+    engine_error: str | None = None
+
+    # -------------------------------------------------------------------------------------------- summary
+    @property
+    def op_types(self) -> int:
+        """Unique op types in the graph."""
+        return len(self.ops)
+
+    @property
+    def covered_op_types(self) -> int:
+        """Unique op types with a rule (leaves count as covered)."""
+        return sum(op.covered for op in self.ops)
+
+    @property
+    def fraction(self) -> float:
+        """Covered nodes / nodes (1.0 for an empty graph)."""
+        return self.covered_nodes / self.nodes if self.nodes else 1.0
+
+    @property
+    def complete(self) -> bool:
+        """Whether every node has a rule, i.e. the model can be explained."""
+        return self.covered_nodes == self.nodes
+
+    @property
+    def uncovered(self) -> dict[str, dict]:
+        """Uncovered op name -> ``{"count": nodes, "modules": {module path: nodes}}``."""
+        return {op.name: {"count": op.count, "modules": dict(op.modules)} for op in self.ops if not op.covered}
+
+    # -------------------------------------------------------------------------------------------- output
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of the whole report (summary fields included)."""
+        return {
+            "label": self.label,
+            "nodes": self.nodes,
+            "covered_nodes": self.covered_nodes,
+            "coverage": self.fraction,
+            "op_types": self.op_types,
+            "covered_op_types": self.covered_op_types,
+            "complete": self.complete,
+            "uncovered": self.uncovered,
+            "ops": [asdict(op) for op in self.ops],
+            "stats": None if self.stats is None else dict(self.stats),
+            "engine_error": self.engine_error,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_dict` as a JSON string."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CoverageReport":
+        """Rebuild a report from :meth:`to_dict` (or parsed :meth:`to_json`) output."""
+        return cls(label=data["label"], nodes=data["nodes"], covered_nodes=data["covered_nodes"],
+                   ops=[OpCoverage(**op) for op in data["ops"]], stats=data.get("stats"),
+                   engine_error=data.get("engine_error"))
+
+    def __str__(self) -> str:
+        width = max([len(op.name) for op in self.ops] + [len("op type")])
+        lines = [f"dynamiclrp coverage: {self.label}", "",
+                 f"  {'op type':<{width}}  {'nodes':>6}  rule"]
+        for op in self.ops:
+            mark = "✓" if op.covered else "✗"
+            if op.covered:
+                what = op.rule or "(leaf)"
+            else:
+                where = ", ".join(f"{path or _ROOT} x{n}" for path, n in op.modules.items())
+                what = "NO RULE" + (f" -- in {where}" if where else "")
+            lines.append(f"{mark} {op.name:<{width}}  {op.count:>6}  {what}")
+        lines += [
+            "",
+            f"nodes covered:    {self.covered_nodes} / {self.nodes} ({100 * self.fraction:.1f}%)",
+            f"op types covered: {self.covered_op_types} / {self.op_types}",
+        ]
+        if self.stats is not None:
+            s = self.stats
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["promises_by_kind"].items())) or "none"
+            lines += [
+                f"promise nodes |V_P|: {s['promise_nodes']}",
+                f"promises:            {s['promises']} ({kinds})",
+                f"chain nodes:         {s['chain_nodes']}",
+                f"max depth delta:     {s['max_promise_depth']}",
+                f"density rho:         {s['density']:.4f}",
+                f"relevance:           seed {_fmt(s['seed_relevance'], '.6g')} -> inputs "
+                f"{_fmt(s['input_relevance'], '.6g')} (ratio {_fmt(s['relevance_ratio'], '.4f')})",
+            ]
+        elif self.engine_error is not None:
+            lines.append(f"engine run failed: {self.engine_error}")
+        elif not self.complete:
+            lines.append("not every op has a rule: no explanation was run (see NO RULE above)")
+        return "\n".join(lines)
+
+
+def _fmt(x, spec: str) -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+# ------------------------------------------------------------------------------------------------ coverage
+
+
+def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None = None, target=None,
+             forward_kwargs: dict | None = None, run: bool = True, label: str | None = None) -> CoverageReport:
+    """Check which autograd operations of a model have an LRP rule, and measure its promises.
+
+    Parameters
+    ----------
+    model : callable, optional
+        The model; it is run once with grad enabled on ``inputs`` (float tensors get ``requires_grad``, integer
+        tensors such as token ids are passed as they are) and the output is picked as :class:`LRP` does
+        (``.logits``, or the first tensor). If some ops are uncovered and the model is an ``nn.Module``, it is
+        run once more with temporary forward hooks to find the module path of each uncovered node.
+    inputs : tensor or tuple of tensors, optional
+        Example positional inputs of ``model``.
+    output : torch.Tensor, optional
+        Instead of ``model``: an output tensor whose graph is checked (no module paths then).
+    config : LRPConfig, optional
+        Its ``rule_overrides`` count as rules; also used for the engine run.
+    target : optional
+        What to explain in the engine run (see :func:`dynamiclrp.seed_relevance`); default: the arg-max.
+    forward_kwargs : dict, optional
+        Keyword arguments of the forward call (attention masks...).
+    run : bool
+        Run the engine once when every node is covered, to fill :attr:`CoverageReport.stats`.
+    label : str, optional
+        Name shown in the report (default: the model's class name, or ``"output"``).
+
+    Returns
+    -------
+    CoverageReport
+        Node and op-type coverage, uncovered ops with module paths, promise statistics.
+    """
+    config = config or LRPConfig()
+    forward_kwargs = dict(forward_kwargs or {})
+    if (model is None) == (output is None):
+        raise TypeError("pass either a model (with its inputs) or an output tensor")
+    prepared: tuple = ()
+    if model is not None:
+        prepared = _prepare(inputs)
+        with torch.enable_grad():
+            output = select_output(model(*prepared, **forward_kwargs))
+        label = label or type(model).__name__
+    label = label or "output"
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"output must be a tensor, got {type(output).__name__}")
+    if output.grad_fn is None:
+        raise NoGradGraphError("the output has no grad_fn: the model ran without an autograd graph (no_grad, "
+                               "inference_mode, or a detached output)")
+    graph = Graph.capture(output)
+
+    ops: dict[str, OpCoverage] = {}
+    covered_nodes = 0
+    for node in graph.order:
+        name = saved.full_name(node)
+        op = ops.get(name)
+        if op is None:
+            rule = None if saved.op_name(node) == _LEAF else lookup(node, config.rule_overrides)
+            op = ops[name] = OpCoverage(name, 0, saved.op_name(node) == _LEAF or rule is not None,
+                                        None if rule is None else type(rule).__name__)
+        op.count += 1
+        covered_nodes += op.covered
+    uncovered = {name for name, op in ops.items() if not op.covered}
+    if uncovered and isinstance(model, nn.Module):
+        for name, places in _module_paths(model, prepared, forward_kwargs, uncovered).items():
+            ops[name].modules = places
+
+    report = CoverageReport(label, len(graph), covered_nodes,
+                            sorted(ops.values(), key=lambda o: (o.covered, -o.count, o.name)))
+    if run and report.complete:
+        try:
+            report.stats = _promise_stats(graph, output, prepared, config, target)
+        except RuntimeError as err:  # DynamicLRPError (an unrecoverable operand...) or an engine failure
+            report.engine_error = f"{type(err).__name__}: {err}"
+    return report
+
+
+def _prepare(inputs) -> tuple:
+    """Inputs as a tuple; float tensors become fresh leaves that require grad."""
+    if inputs is None:
+        return ()
+    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    return tuple(x.detach().requires_grad_(True) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+                 for x in inputs)
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def _input_taps(graph: Graph, inputs: tuple) -> list:
+    """``(node, slot)`` pairs whose relevance is the input relevance: the leaf of each float input, the
+    embedding lookups indexed by each integer input; without inputs, every leaf that is not an ``nn.Parameter``."""
+    taps = []
+    tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
+    for node in graph.order:
+        name = saved.op_name(node)
+        if name == _LEAF:
+            leaf = saved.leaf_variable(node)
+            if any(leaf is x for x in tensors) or (not tensors and not isinstance(leaf, nn.Parameter)):
+                taps.append((node, 0))
+        elif name == "EmbeddingBackward":
+            idx = saved.get(node, "indices")
+            for x in tensors:
+                if not x.is_floating_point() and idx.numel() == x.numel() and (
+                        idx.data_ptr() == x.data_ptr() or torch.equal(idx.reshape(-1), x.reshape(-1).to(idx.dtype))):
+                    taps.append((node, 0))
+                    break
+    return taps
+
+
+def _promise_stats(graph: Graph, output: torch.Tensor, inputs: tuple, config: LRPConfig, target) -> dict:
+    """Run the engine once; the paper's Table 2 columns plus the relevance that reached the inputs."""
+    seed = seed_relevance(output, target)
+    taps = _input_taps(graph, inputs)
+    result = Engine(graph, config, taps=taps).run(seed, slot=output.output_nr)
+    kinds: dict[str, int] = {}
+    for p in result.promises:
+        kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    memo: dict = {}
+    depth = max((result.promise_depth(p, memo) for p in result.promises), default=0)
+    promise_nodes = len({p.origin for p in result.promises})
+    n = len(graph)
+    seed_total = float(seed.sum())
+    input_total = sum(float(r.sum()) for r in result.taps.values() if r is not None)
+    return {
+        "promise_nodes": promise_nodes,
+        "promises": len(result.promises),
+        "promises_by_kind": dict(sorted(kinds.items())),
+        "chain_nodes": result.chain_nodes,
+        "max_promise_depth": depth,
+        "density": promise_nodes / n if n else 0.0,
+        "seed_relevance": _number(seed_total),
+        "input_relevance": _number(input_total),
+        "relevance_ratio": _number(input_total / seed_total) if seed_total else None,
+    }
+
+
+def _number(x: float) -> float | None:
+    """``x``, or ``None`` where it is NaN/Inf (strict JSON has neither)."""
+    return x if math.isfinite(x) else None
+
+
+# ------------------------------------------------------------------------------------------------ module paths
+
+
+def _tensors(obj):
+    """Every tensor in a (nested) tuple, list, dict or ``ModelOutput``."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+
+
+def _clock() -> int:
+    """The autograd sequence number the next node created on this thread will get (nodes are numbered in
+    creation order)."""
+    with torch.enable_grad():
+        return torch.zeros(1, requires_grad=True).view(1).grad_fn._sequence_nr() + 1
+
+
+def _module_paths(model: nn.Module, inputs: tuple, forward_kwargs: dict, names: set) -> dict[str, dict[str, int]]:
+    """Run ``model`` again with temporary forward hooks and find, for each uncovered node of the new graph, the
+    innermost module that created it.
+
+    Each module's hook walks from the ``grad_fn`` of its outputs down to the ``grad_fn`` of its inputs (as they
+    were when the module was entered), through nodes created while the module ran only, and claims the nodes of
+    the uncovered types it meets. Hooks fire innermost first, so the first claim wins. Buffers (batch-norm
+    statistics) are restored afterwards and the hooks removed, whatever happens.
+    """
+    owner: dict = {}
+    entered: dict[int, list] = {}
+
+    def pre_hook(module, args, kwargs):
+        stop = {t.grad_fn for t in _tensors((args, kwargs)) if t.grad_fn is not None}
+        entered.setdefault(id(module), []).append((_clock(), stop))
+
+    def make_hook(path):
+        def hook(module, args, kwargs, out):
+            start, stop = entered[id(module)].pop()
+            end = _clock()
+            seen = set()
+            todo = [t.grad_fn for t in _tensors(out) if t.grad_fn is not None]
+            while todo:
+                node = todo.pop()
+                if node in seen or node in stop or not start <= node._sequence_nr() < end:
+                    continue
+                seen.add(node)
+                if saved.full_name(node) in names:
+                    owner.setdefault(node, path)
+                todo.extend(child for child, _ in node.next_functions if child is not None)
+        return hook
+
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    handles = []
+    try:
+        for path, module in model.named_modules():
+            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            handles.append(module.register_forward_hook(make_hook(path), with_kwargs=True))
+        with torch.enable_grad():
+            output = select_output(model(*inputs, **forward_kwargs))
+        places: dict[str, dict[str, int]] = {}
+        for node in Graph.capture(output).order:
+            name = saved.full_name(node)
+            if name in names:
+                path = owner.get(node)
+                if path is not None:
+                    where = places.setdefault(name, {})
+                    where[path] = where.get(path, 0) + 1
+        return {name: dict(sorted(where.items())) for name, where in places.items()}
+    finally:
+        for handle in handles:
+            handle.remove()
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                if name in buffers and b.shape == buffers[name].shape:
+                    b.copy_(buffers[name])

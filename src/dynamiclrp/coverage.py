@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import saved
-from .api import seed_relevance, select_output
+from .api import seed_relevance, select_output, summarize
 from .config import LRPConfig
 from .engine import Engine
 from .errors import NoGradGraphError
@@ -296,22 +296,10 @@ def _promise_stats(graph: Graph, output: torch.Tensor, inputs: tuple, config: LR
     seed = seed_relevance(output, target)
     taps = _input_taps(graph, inputs)
     result = Engine(graph, config, taps=taps).run(seed, slot=output.output_nr)
-    kinds: dict[str, int] = {}
-    for p in result.promises:
-        kinds[p.kind] = kinds.get(p.kind, 0) + 1
-    memo: dict = {}
-    depth = max((result.promise_depth(p, memo) for p in result.promises), default=0)
-    promise_nodes = len({p.origin for p in result.promises})
-    n = len(graph)
     seed_total = float(seed.sum())
     input_total = sum(float(r.sum()) for r in result.taps.values() if r is not None)
     return {
-        "promise_nodes": promise_nodes,
-        "promises": len(result.promises),
-        "promises_by_kind": dict(sorted(kinds.items())),
-        "chain_nodes": result.chain_nodes,
-        "max_promise_depth": depth,
-        "density": promise_nodes / n if n else 0.0,
+        **summarize(result),
         "seed_relevance": _number(seed_total),
         "input_relevance": _number(input_total),
         "relevance_ratio": _number(input_total / seed_total) if seed_total else None,

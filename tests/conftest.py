@@ -1,22 +1,12 @@
 """Test setup. The PyPI torchvision wheel is built against CUDA torch; beside the CPU build its C++ ops fail to
-register, so define the two op schemas it looks up before anything imports it (test environments only)."""
+register, so the op schemas it looks up are defined before anything imports it (see
+:func:`dynamiclrp.zoo.ensure_torchvision_importable`; a no-op where torchvision works as is)."""
 import pytest
 import torch
 
+from dynamiclrp.zoo import ensure_torchvision_importable
 
-def _shim_torchvision_ops():
-    try:
-        torch.ops.torchvision.nms  # noqa: B018
-        return
-    except (AttributeError, RuntimeError):
-        pass
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _shim_torchvision_ops.lib = lib  # keep the library alive
-
-
-_shim_torchvision_ops()
+ensure_torchvision_importable()
 
 
 @pytest.fixture(autouse=True)

@@ -85,15 +85,6 @@ def _tap_for(graph: Graph, tensor: torch.Tensor):
     return None
 
 
-def run_engine(output, taps, relevance, config, want_params=False, keep_all=False) -> EngineResult:
-    graph = Graph.capture(output)
-    if relevance.shape != output.shape:
-        raise TargetError(f"relevance shape {tuple(relevance.shape)} differs from output shape {tuple(output.shape)}")
-    engine = Engine(graph, config, taps=[t for t in taps if t is not None], want_params=want_params,
-                    keep_all=keep_all)
-    return engine.run(relevance.detach(), slot=output.output_nr)
-
-
 def propagate(output: torch.Tensor, inputs: Sequence[torch.Tensor], relevance: torch.Tensor | None = None,
               config: LRPConfig | None = None, target=None) -> tuple:
     """Propagate relevance from ``output`` back to ``inputs`` through ``output``'s autograd graph.
@@ -115,12 +106,12 @@ def propagate(output: torch.Tensor, inputs: Sequence[torch.Tensor], relevance: t
     config = config or LRPConfig()
     if not isinstance(output, torch.Tensor):
         raise TypeError(f"output must be a tensor, got {type(output).__name__}")
-    if output.grad_fn is None:
-        Graph.capture(output)  # raises NoGradGraphError with the explanation
+    graph = Graph.capture(output)  # raises NoGradGraphError when there is no graph
     if relevance is None:
         relevance = seed_relevance(output, target)
+    if relevance.shape != output.shape:
+        raise TargetError(f"relevance shape {tuple(relevance.shape)} differs from output shape {tuple(output.shape)}")
     graph_taps = []
-    graph = Graph.capture(output)
     for k, t in enumerate(inputs):
         tap = _tap_for(graph, t)
         if tap is None and not t.requires_grad:

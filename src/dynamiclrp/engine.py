@@ -44,21 +44,19 @@ class EngineResult:
         memo = {} if _memo is None else _memo
         if id(promise) in memo:
             return memo[id(promise)]
+        if "origins" not in memo:
+            memo["origins"] = {p.origin: p for p in self.promises}
         best = 0
         for b in promise.branches.values():
             if not b.requests_value:
                 continue
             depth = len(b.chain)
-            child = self._promise_at.get(b.terminal)
+            child = memo["origins"].get(b.terminal)
             if child is not None and child is not promise:
                 depth += 1 + self.promise_depth(child, memo)
             best = max(best, depth)
         memo[id(promise)] = best
         return best
-
-    @property
-    def _promise_at(self):
-        return {p.origin: p for p in self.promises}
 
 
 class _State:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -36,7 +36,6 @@ class EngineResult:
     promises: list
     chain_nodes: int
     graph: Graph
-    node_relevance: dict = field(default_factory=dict)
 
     def promise_depth(self, promise: Promise, _memo=None) -> int:
         """Longest distance from the origin's producers to an Arg Node over the promise's branches (nested
@@ -80,14 +79,12 @@ class _State:
 class Engine:
     """One relevance propagation over a captured graph. Holds all traversal state; rules hold none."""
 
-    def __init__(self, graph: Graph, config, taps=(), want_params=False, keep_all=False):
+    def __init__(self, graph: Graph, config, taps=(), want_params=False):
         self.graph = graph
         self.config = config
         self.taps = {t: None for t in taps}
         self.tap_nodes = {n for n, _ in self.taps}
         self.want_params = want_params
-        self.keep_all = keep_all
-        self.node_relevance = {}
         self.state = {}
         unsupported: dict[str, list] = {}
         for node in graph.order:
@@ -139,8 +136,7 @@ class Engine:
             names = sorted({saved.full_name(n) for n in left})
             raise RuntimeError(f"internal error: {len(left)} nodes were not propagated exactly once ({names}); "
                                "please report this graph")
-        return EngineResult(self.taps, self.propagations, self.promises, self.chain_nodes, self.graph,
-                            self.node_relevance)
+        return EngineResult(self.taps, self.propagations, self.promises, self.chain_nodes, self.graph)
 
     def _drain(self):
         while self.readyq:
@@ -344,8 +340,6 @@ class Engine:
                 self._land_tensor(child, cslot, rins[i] if rins else None)
 
     def _record(self, u, rel):
-        if self.keep_all:
-            self.node_relevance[u] = rel
         if u in self.tap_nodes:
             for k, r in enumerate(rel):
                 if (u, k) in self.taps:
@@ -356,7 +350,7 @@ class Engine:
         s.done = True
         self.propagations[u] += 1
         if all(r is None for r in rel):  # nothing arrived (e.g. a weight's transpose): nothing to distribute
-            if self.keep_all or u in self.tap_nodes:
+            if u in self.tap_nodes:
                 self._record(u, [_zeros(u, k) for k in range(len(rel))])
             return [None] * len(self.graph.edges[u])
         rel = [r if r is not None else _zeros(u, k) for k, r in enumerate(rel)]

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from zennit.attribution import Gradient
 from zennit.composites import LayerMapComposite
-from zennit.rules import Epsilon, Gamma, Pass
+from zennit.rules import Epsilon, Gamma, Pass, ZPlus
 from zennit.types import Activation, Convolution, Linear
 
 from dynamiclrp import LRP, LRPConfig
@@ -39,7 +39,7 @@ def _randomize_biases(model):
 
 
 @pytest.mark.parametrize("make,shape", [(_vgg_like, (3, 3, 16, 16)), (_mlp, (5, 12))], ids=["vgg_like", "mlp"])
-@pytest.mark.parametrize("rule", ["epsilon", "gamma"])
+@pytest.mark.parametrize("rule", ["epsilon", "gamma", "zplus"])
 def test_matches_zennit(make, shape, rule):
     model = _randomize_biases(make()).double().eval()
     x = torch.randn(*shape, dtype=torch.float64)
@@ -48,6 +48,9 @@ def test_matches_zennit(make, shape, rule):
         config = LRPConfig(epsilon=1e-6)
         composite = LayerMapComposite(layer_map=[
             (Activation, Pass()), (Convolution, Epsilon(epsilon=1e-6)), (Linear, Epsilon(epsilon=1e-6))])
+    elif rule == "zplus":
+        config = LRPConfig(epsilon=1e-6, zplus=True)
+        composite = LayerMapComposite(layer_map=[(Activation, Pass()), (Convolution, ZPlus()), (Linear, ZPlus())])
     else:
         config = LRPConfig(epsilon=1e-6, gamma_linear=0.25, gamma_conv=0.25)
         composite = LayerMapComposite(layer_map=[

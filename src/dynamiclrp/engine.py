@@ -351,9 +351,9 @@ class Engine:
         self.propagations[u] += 1
         if all(r is None for r in rel):  # nothing arrived (e.g. a weight's transpose): nothing to distribute
             if u in self.tap_nodes:
-                self._record(u, [_zeros(u, k) for k in range(len(rel))])
+                self._record(u, [saved.zeros(u, k) for k in range(len(rel))])
             return [None] * len(self.graph.edges[u])
-        rel = [r if r is not None else _zeros(u, k) for k, r in enumerate(rel)]
+        rel = [r if r is not None else saved.zeros(u, k) for k, r in enumerate(rel)]
         if self.compute_dtype is not None:
             rel = [_up(r, self.compute_dtype) for r in rel]
             inputs = [_up(x, self.compute_dtype) for x in inputs]
@@ -371,14 +371,6 @@ class Engine:
                         f"{'finite' if all(bool(torch.isfinite(x).all()) for x in rel) else 'already non-finite'}"
                     )
         return rins
-
-
-def _zeros(node, slot):
-    if saved.op_name(node) == _LEAF:
-        v = saved.leaf_variable(node)
-        return torch.zeros_like(v)
-    meta = node._input_metadata[slot]
-    return torch.zeros(meta.shape, dtype=meta.dtype, device=meta.device)
 
 
 def _up(t, dtype):

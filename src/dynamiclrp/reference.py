@@ -58,7 +58,7 @@ def reference_propagate(output, inputs, values: dict, relevance=None, config: LR
     total = {}
     with torch.no_grad():
         for node in graph.order:
-            slots = [r if r is not None else _zeros(node, k) for k, r in enumerate(rel[node])]
+            slots = [r if r is not None else saved.zeros(node, k) for k, r in enumerate(rel[node])]
             total[node] = slots
             if saved.op_name(node) == "AccumulateGrad":
                 continue
@@ -82,10 +82,3 @@ def reference_propagate(output, inputs, values: dict, relevance=None, config: LR
             r = None if leaf is None else total[leaf][0]
         out.append(torch.zeros_like(t) if r is None else r.reshape(t.shape))
     return tuple(out)
-
-
-def _zeros(node, slot):
-    if saved.op_name(node) == "AccumulateGrad":
-        return torch.zeros_like(saved.leaf_variable(node))
-    meta = node._input_metadata[slot]
-    return torch.zeros(meta.shape, dtype=meta.dtype, device=meta.device)

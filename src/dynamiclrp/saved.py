@@ -73,3 +73,11 @@ def output_dtypes(node) -> list[torch.dtype]:
 def num_outputs(node) -> int:
     """How many outputs the forward op of ``node`` had."""
     return len(node._input_metadata)
+
+
+def zeros(node, slot: int = 0) -> torch.Tensor:
+    """Zeros shaped like output ``slot`` of ``node`` (like the leaf for ``AccumulateGrad``)."""
+    if op_name(node) == "AccumulateGrad":
+        return torch.zeros_like(node.variable)
+    meta = node._input_metadata[slot]
+    return torch.zeros(meta.shape, dtype=meta.dtype, device=meta.device)

@@ -68,7 +68,7 @@ class SDPARule(OpRule):
         out = saved.get(node, "output", None)
         if out is None:
             return None
-        rest = [torch.zeros(m.shape, dtype=m.dtype) for m in node._input_metadata[1:]]
+        rest = [saved.zeros(node, k) for k in range(1, saved.num_outputs(node))]
         return (out, *rest)
 
     def _scores(self, node, q, k):
@@ -91,7 +91,7 @@ class SDPARule(OpRule):
         q, k, v = inputs[0], inputs[1], inputs[2]
         _, _, x = self._scores(node, q, k)
         out = torch.softmax(x, -1) @ _expand_kv(v, q.shape[-3])
-        rest = [torch.zeros(m.shape, dtype=m.dtype) for m in node._input_metadata[1:]]
+        rest = [saved.zeros(node, k) for k in range(1, saved.num_outputs(node))]
         return (out, *rest)
 
     def relevance(self, ctx):

@@ -92,8 +92,8 @@ class RuleContext:
     def vjp(self, *grads) -> tuple:
         """The node's own backward function applied to ``grads`` (one per output slot): the exact transpose of
         the op's linearisation. Routing rules use it directly; proportional rules use it to spread a ratio."""
-        metas = self.node._input_metadata
-        cast = [g.to(m.dtype) if g is not None and g.dtype != m.dtype else g for g, m in zip(grads, metas)]
+        dtypes = saved.output_dtypes(self.node)
+        cast = [g.to(d) if g is not None and g.dtype != d else g for g, d in zip(grads, dtypes)]
         out = self.node(*cast)
         out = (out,) if isinstance(out, torch.Tensor) or out is None else tuple(out)
         dtype = grads[0].dtype if grads and grads[0] is not None else None
@@ -176,12 +176,6 @@ def proportional(contributions: Sequence[Tensor | None], out_relevance: Tensor, 
         zero = out_relevance == 0
         shares = [None if t is None else torch.where(zero, torch.zeros((), dtype=t.dtype), t) for t in shares]
     return [None if t is None else unbroadcast(t, s) for t, s in zip(shares, shapes)]
-
-
-def zeros_for(node, slot: int) -> Tensor:
-    """A zero tensor shaped like output ``slot`` of ``node``."""
-    meta = node._input_metadata[slot]
-    return torch.zeros(meta.shape, dtype=meta.dtype, device=meta.device)
 
 
 def edge_shape(ctx: RuleContext, i: int):

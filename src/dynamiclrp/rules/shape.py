@@ -36,8 +36,7 @@ class ToCopyRule(RoutingRule):
     """Dtype/device copies: ``y = x.to(dtype)``; ``R_x = R_y`` (cast back to ``x``'s dtype)."""
 
     def forward(self, node, inputs):
-        meta = node._input_metadata[0]
-        return (inputs[0].to(dtype=meta.dtype, device=meta.device),)
+        return (inputs[0].to(dtype=saved.output_dtypes(node)[0]),)
 
 
 @register("TBackward")

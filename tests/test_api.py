@@ -89,6 +89,14 @@ def test_target_errors():
         lrp.attribute(torch.randn(2, 3), target=5)
     with pytest.raises(TargetError, match="batch size"):
         lrp.attribute(torch.randn(2, 3), target=[0, 1, 1])
+    out = model(torch.randn(2, 3, requires_grad=True))
+    with pytest.raises(TargetError, match="relevance shape"):
+        propagate(out, [], relevance=torch.ones(3, 2))
+    seq = torch.randn(1, 4, 5, requires_grad=True) * 1.0
+    with pytest.raises(TargetError, match=r"\(position, token\)"):
+        propagate(seq, [], target=[3])
+    with pytest.raises(TargetError, match="out of range"):
+        propagate(seq, [], target=(4, 0))
 
 
 def test_no_grad_output_raises():

@@ -273,16 +273,20 @@ class LRP:
 
 
 def _embedding_taps(graph: Graph, ids: torch.Tensor) -> list:
-    """Embedding lookups whose indices are ``ids`` (same storage, or same values and element count)."""
-    taps = []
+    """Embedding lookups whose indices are ``ids``: those sharing its storage; failing that, those with the same
+    values (so position ids that happen to equal the token ids are not mistaken for them when storage tells)."""
+    same_storage, same_values = [], []
     for node in graph.order:
         if saved.op_name(node) != "EmbeddingBackward":
             continue
         idx = saved.get(node, "indices")
-        same = idx.data_ptr() == ids.data_ptr() and idx.numel() == ids.numel()
-        if same or (idx.numel() == ids.numel() and torch.equal(idx.reshape(-1), ids.reshape(-1).to(idx.dtype))):
-            taps.append((node, 0))
-    return taps
+        if idx.numel() != ids.numel():
+            continue
+        if idx.data_ptr() == ids.data_ptr():
+            same_storage.append((node, 0))
+        elif torch.equal(idx.reshape(-1), ids.reshape(-1).to(idx.dtype)):
+            same_values.append((node, 0))
+    return same_storage or same_values
 
 
 def summarize(result: EngineResult) -> dict:

@@ -202,14 +202,7 @@ class LRP:
         relevance reaches the embedding lookup that consumed them: per-token relevance (summed over the hidden
         dimension) in ``relevance``, the full ``[batch, seq, hidden]`` relevance in ``embedding_relevance``.
         """
-        single = not isinstance(inputs, (tuple, list))
-        inputs = (inputs,) if single else tuple(inputs)
-        prepared = []
-        for x in inputs:
-            if isinstance(x, torch.Tensor) and x.is_floating_point():
-                prepared.append(x.detach().requires_grad_(True))
-            else:
-                prepared.append(x)
+        prepared = prepare_inputs(inputs)
         with torch.enable_grad():
             raw = self.model(*prepared, **forward_kwargs)
         output = select_output(raw, self.output_selector)
@@ -270,6 +263,15 @@ class LRP:
             paths = [p or "<model>" for p, n in places.get(name, {}).items() for _ in range(n)]
             ops[name] = paths + [None] * (len(where) - len(paths))
         return UnsupportedOperationError(ops)
+
+
+def prepare_inputs(inputs) -> tuple:
+    """Inputs as a tuple; float tensors become fresh leaves that require grad (the caller's tensors untouched)."""
+    if inputs is None:
+        return ()
+    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    return tuple(x.detach().requires_grad_(True) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+                 for x in inputs)
 
 
 def _embedding_taps(graph: Graph, ids: torch.Tensor) -> list:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import saved
-from .api import seed_relevance, select_output, summarize
+from .api import _embedding_taps, _tap_for, prepare_inputs, seed_relevance, select_output, summarize
 from .config import LRPConfig
 from .engine import Engine
 from .errors import NoGradGraphError
@@ -220,7 +220,7 @@ def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None =
         raise TypeError("pass either a model (with its inputs) or an output tensor")
     prepared: tuple = ()
     if model is not None:
-        prepared = _prepare(inputs)
+        prepared = prepare_inputs(inputs)
         with torch.enable_grad():
             output = select_output(model(*prepared, **forward_kwargs))
         label = label or type(model).__name__
@@ -258,37 +258,20 @@ def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None =
     return report
 
 
-def _prepare(inputs) -> tuple:
-    """Inputs as a tuple; float tensors become fresh leaves that require grad."""
-    if inputs is None:
-        return ()
-    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    return tuple(x.detach().requires_grad_(True) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
-                 for x in inputs)
-
-
 # ------------------------------------------------------------------------------------------------ statistics
 
 
 def _input_taps(graph: Graph, inputs: tuple) -> list:
     """``(node, slot)`` pairs whose relevance is the input relevance: the leaf of each float input, the
     embedding lookups indexed by each integer input; without inputs, every leaf that is not an ``nn.Parameter``."""
-    taps = []
     tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
-    for node in graph.order:
-        name = saved.op_name(node)
-        if name == _LEAF:
-            leaf = saved.leaf_variable(node)
-            if any(leaf is x for x in tensors) or (not tensors and not isinstance(leaf, nn.Parameter)):
-                taps.append((node, 0))
-        elif name == "EmbeddingBackward":
-            idx = saved.get(node, "indices")
-            for x in tensors:
-                if not x.is_floating_point() and idx.numel() == x.numel() and (
-                        idx.data_ptr() == x.data_ptr() or torch.equal(idx.reshape(-1), x.reshape(-1).to(idx.dtype))):
-                    taps.append((node, 0))
-                    break
-    return taps
+    if not tensors:
+        return [(node, 0) for node in graph.order if saved.op_name(node) == _LEAF
+                and not isinstance(saved.leaf_variable(node), nn.Parameter)]
+    taps = []
+    for x in tensors:
+        taps.extend([_tap_for(graph, x)] if x.is_floating_point() else _embedding_taps(graph, x))
+    return list(dict.fromkeys(t for t in taps if t is not None))
 
 
 def _promise_stats(graph: Graph, output: torch.Tensor, inputs: tuple, config: LRPConfig, target) -> dict:

@@ -12,7 +12,7 @@ import transformers
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynamiclrp import LRPConfig
+from dynamiclrp import ConstantRecorder, LRPConfig
 from dynamiclrp.api import seed_relevance
 from dynamiclrp.engine import Engine
 from dynamiclrp.graph import Graph
@@ -24,14 +24,14 @@ EXAMPLES = int(os.environ.get("DYNAMICLRP_HYPOTHESIS_EXAMPLES", "60"))
 def engine_and_reference(forward, x, config=None):
     """Run ``forward(x)`` once under the recorder; return (engine relevance, reference relevance, result)."""
     config = config or LRPConfig(epsilon=1e-9)
-    with ActivationRecorder() as rec:
+    with ActivationRecorder() as rec, ConstantRecorder() as consts:
         out = forward(x)
     seed = seed_relevance(out)
     graph = Graph.capture(out)
     leaf = next(n for n in graph.order if getattr(n, "variable", None) is x)
-    result = Engine(graph, config, taps=[(leaf, 0)]).run(seed, slot=out.output_nr)
+    result = Engine(graph, config, taps=[(leaf, 0)], constants=consts.calls).run(seed, slot=out.output_nr)
     assert set(result.propagations.values()) == {1}
-    (ref,) = reference_propagate(out, [x], rec.values(), relevance=seed, config=config)
+    (ref,) = reference_propagate(out, [x], rec.values(), relevance=seed, config=config, constants=consts.calls)
     return result.taps[(leaf, 0)], ref, result
 
 

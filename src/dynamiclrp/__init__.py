@@ -5,10 +5,12 @@ The public API is small:
 * :class:`LRP` -- ``LRP(model, config).attribute(inputs, target)`` explains a model output;
 * :func:`propagate` -- the functional core, from any output tensor to any tensors of its graph;
 * :class:`LRPConfig` -- rules and hyper-parameters;
-* :func:`coverage` -- which operations of a model have a rule, and its promise statistics.
+* :func:`coverage` -- which operations of a model have a rule, and its promise statistics;
+* :class:`ConstantRecorder` -- keeps operands outside the graph (frozen biases, masks) for :func:`propagate`.
 """
 from .api import LRP, Explanation, propagate, seed_relevance
 from .config import LRPConfig
+from .constants import ConstantRecorder
 from .coverage import CoverageReport, coverage
 from .errors import (
     DynamicLRPError,
@@ -25,6 +27,7 @@ __all__ = [
     "LRP",
     "LRPConfig",
     "propagate",
+    "ConstantRecorder",
     "seed_relevance",
     "Explanation",
     "coverage",

@@ -8,6 +8,7 @@ import torch
 
 from . import saved
 from .config import LRPConfig
+from .constants import ConstantRecorder
 from .engine import Engine, EngineResult
 from .errors import DynamicLRPError, NoGradGraphError, TargetError, UnsupportedOperationError
 from .graph import Graph
@@ -86,7 +87,7 @@ def _tap_for(graph: Graph, tensor: torch.Tensor):
 
 
 def propagate(output: torch.Tensor, inputs: Sequence[torch.Tensor], relevance: torch.Tensor | None = None,
-              config: LRPConfig | None = None, target=None) -> tuple:
+              config: LRPConfig | None = None, target=None, constants: dict | None = None) -> tuple:
     """Propagate relevance from ``output`` back to ``inputs`` through ``output``'s autograd graph.
 
     Parameters
@@ -98,6 +99,13 @@ def propagate(output: torch.Tensor, inputs: Sequence[torch.Tensor], relevance: t
     relevance: starting relevance shaped like ``output``; default: ``output`` masked to ``target``
         (see :func:`seed_relevance`).
     config: rules and hyper-parameters (default :class:`LRPConfig()`).
+    constants: ``ConstantRecorder.calls`` of the forward pass that made ``output``: values of operands outside
+        the graph (frozen biases, buffers) that some rules need. Without it such a need raises
+        :class:`~dynamiclrp.UnrecoverableValueError`::
+
+            with dynamiclrp.ConstantRecorder() as rec:
+                out = model(x)
+            propagate(out, [x], constants=rec.calls)
 
     Returns
     -------
@@ -121,7 +129,8 @@ def propagate(output: torch.Tensor, inputs: Sequence[torch.Tensor], relevance: t
             )
         graph_taps.append(tap)
     want_params = any(isinstance(t, torch.nn.Parameter) for t in inputs)
-    engine = Engine(graph, config, taps=[t for t in graph_taps if t is not None], want_params=want_params)
+    engine = Engine(graph, config, taps=[t for t in graph_taps if t is not None], want_params=want_params,
+                    constants=constants)
     result = engine.run(relevance.detach(), slot=output.output_nr)
     out = []
     for t, tap in zip(inputs, graph_taps):
@@ -203,7 +212,7 @@ class LRP:
         dimension) in ``relevance``, the full ``[batch, seq, hidden]`` relevance in ``embedding_relevance``.
         """
         prepared = prepare_inputs(inputs)
-        with torch.enable_grad():
+        with torch.enable_grad(), ConstantRecorder() as recorder:
             raw = self.model(*prepared, **forward_kwargs)
         output = select_output(raw, self.output_selector)
         if not isinstance(output, torch.Tensor) or output.grad_fn is None:
@@ -223,7 +232,8 @@ class LRP:
             else:
                 taps.append([])
         try:
-            engine = Engine(graph, self.config, taps=[t for ts in taps for t in ts if t is not None])
+            engine = Engine(graph, self.config, taps=[t for ts in taps for t in ts if t is not None],
+                            constants=recorder.calls)
         except UnsupportedOperationError as err:
             raise self._located(err, prepared, forward_kwargs) from None
         result = engine.run(seed, slot=output.output_nr)

@@ -20,6 +20,7 @@ from torch import nn
 from . import saved
 from .api import _embedding_taps, _tap_for, prepare_inputs, seed_relevance, select_output, summarize
 from .config import LRPConfig
+from .constants import ConstantRecorder
 from .engine import Engine
 from .errors import NoGradGraphError
 from .graph import Graph
@@ -219,10 +220,12 @@ def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None =
     if (model is None) == (output is None):
         raise TypeError("pass either a model (with its inputs) or an output tensor")
     prepared: tuple = ()
+    constants = None
     if model is not None:
         prepared = prepare_inputs(inputs)
-        with torch.enable_grad():
+        with torch.enable_grad(), ConstantRecorder() as recorder:
             output = select_output(model(*prepared, **forward_kwargs))
+        constants = recorder.calls
         label = label or type(model).__name__
     label = label or "output"
     if not isinstance(output, torch.Tensor):
@@ -252,7 +255,7 @@ def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None =
                             sorted(ops.values(), key=lambda o: (o.covered, -o.count, o.name)))
     if run and report.complete:
         try:
-            report.stats = _promise_stats(graph, output, prepared, config, target)
+            report.stats = _promise_stats(graph, output, prepared, config, target, constants)
         except RuntimeError as err:  # DynamicLRPError (an unrecoverable operand...) or an engine failure
             report.engine_error = f"{type(err).__name__}: {err}"
     return report
@@ -274,11 +277,12 @@ def _input_taps(graph: Graph, inputs: tuple) -> list:
     return list(dict.fromkeys(t for t in taps if t is not None))
 
 
-def _promise_stats(graph: Graph, output: torch.Tensor, inputs: tuple, config: LRPConfig, target) -> dict:
+def _promise_stats(graph: Graph, output: torch.Tensor, inputs: tuple, config: LRPConfig, target,
+                   constants=None) -> dict:
     """Run the engine once; the paper's Table 2 columns plus the relevance that reached the inputs."""
     seed = seed_relevance(output, target)
     taps = _input_taps(graph, inputs)
-    result = Engine(graph, config, taps=taps).run(seed, slot=output.output_nr)
+    result = Engine(graph, config, taps=taps, constants=constants).run(seed, slot=output.output_nr)
     seed_total = float(seed.sum())
     input_total = sum(float(r.sum()) for r in result.taps.values() if r is not None)
     return {

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from . import saved
+from .constants import fill_constants
 from .errors import NonFiniteRelevanceError, UnrecoverableValueError, UnsupportedOperationError
 from .graph import Graph
 from .promise import Branch, ChainStep, Promise
@@ -79,8 +80,9 @@ class _State:
 class Engine:
     """One relevance propagation over a captured graph. Holds all traversal state; rules hold none."""
 
-    def __init__(self, graph: Graph, config, taps=(), want_params=False):
+    def __init__(self, graph: Graph, config, taps=(), want_params=False, constants=None):
         self.graph = graph
+        self.constants = constants or {}  # grad_fn -> (func, leaves), see dynamiclrp.constants
         self.config = config
         self.taps = {t: None for t in taps}
         self.tap_nodes = {n for n, _ in self.taps}
@@ -173,8 +175,13 @@ class Engine:
             for i, (child, _slot) in enumerate(self.graph.edges[u]):
                 if vals[i] is None and child is not None and saved.op_name(child) == _LEAF:
                     vals[i] = saved.leaf_variable(child)
+            if s.rule is not None and any(v is None for v in vals):
+                fill_constants(self.graph, u, s.rule, vals, self.constants, self._rule_of)
             s.known = vals
         return s.known
+
+    def _rule_of(self, node):
+        return self.state[node].rule
 
     def _rebuild(self, u):
         """``u``'s outputs from saved tensors alone, or ``None``: non-``None`` makes ``u`` an Arg Node."""
@@ -202,8 +209,10 @@ class Engine:
             if known[i] is None and self.graph.edges[u][i][0] is None:
                 raise UnrecoverableValueError(
                     f"{saved.full_name(u)} needs the value of its input {i}, a constant that autograd did not "
-                    "save and that is not part of the graph (e.g. a non-trainable buffer or a parameter with "
-                    "requires_grad=False). Make it a tensor that requires grad, or override the rule."
+                    "save and that is not part of the graph (a buffer, a parameter with requires_grad=False), and "
+                    "the forward pass did not record it. LRP.explain records such constants; with propagate(), "
+                    "run the forward pass inside `with dynamiclrp.ConstantRecorder() as rec:` and pass "
+                    "constants=rec.calls."
                 )
         return needed
 

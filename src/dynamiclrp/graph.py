@@ -13,12 +13,14 @@ import torch
 from . import saved
 from .errors import NoGradGraphError
 
-# Ops that only move or reshape a tensor: walking through them from a matmul operand tells whether that operand
-# is a parameter (weights seen through ``.t()``, ``.view()``, ``.expand()``...) or an activation.
-_SHAPE_ONLY = frozenset({
+# Ops that only move, reshape or re-parametrise a tensor: walking through them from a matmul operand tells whether
+# that operand is a parameter (weights seen through ``.t()``, ``.view()``, weight norm...) or an activation. (Not
+# every op of parameters: an embedding lookup of a parameter table is the model's input representation.)
+_PARAMETER_TRANSFORMS = frozenset({
     "TBackward", "TransposeBackward", "PermuteBackward", "ViewBackward", "ReshapeAliasBackward",
     "UnsafeViewBackward", "ExpandBackward", "UnsqueezeBackward", "SqueezeBackward", "CloneBackward",
     "ToCopyBackward", "AliasBackward", "SliceBackward", "SelectBackward", "RepeatBackward",
+    "WeightNormInterfaceBackward",
 })
 
 
@@ -85,25 +87,22 @@ class Graph:
 
     def is_parameter_edge(self, node, edge: int) -> bool:
         """Whether input ``edge`` of ``node`` is a constant: no gradient, or an ``nn.Parameter`` seen only through
-        shape operations. Rules use it to tell a linear layer (activation x parameter) from a bilinear product."""
+        shape operations and re-parametrisations (``.t()``, ``.view()``, weight norm). Rules use it to tell a
+        linear layer (activation x parameter) from a bilinear product."""
         child, _slot = self.edges[node][edge]
         return self._is_param_node(child)
 
     def _is_param_node(self, node) -> bool:
         if node is None:
             return True
-        if node in self._param_memo:
-            return self._param_memo[node]
-        name = saved.op_name(node)
-        if name == "AccumulateGrad":
-            result = isinstance(saved.leaf_variable(node), torch.nn.Parameter)
-        elif name in _SHAPE_ONLY:
-            children = [c for c, _ in self.edges[node] if c is not None]
-            result = len(children) == 1 and self._is_param_node(children[0])
-        else:
-            result = False
-        self._param_memo[node] = result
-        return result
+        if not self._param_memo:  # one pass, producers first: a node is constant if all it reads is constant
+            for n in reversed(self.order):
+                if saved.op_name(n) == "AccumulateGrad":
+                    self._param_memo[n] = isinstance(saved.leaf_variable(n), torch.nn.Parameter)
+                else:
+                    self._param_memo[n] = saved.op_name(n) in _PARAMETER_TRANSFORMS and all(
+                        c is None or self._param_memo[c] for c, _ in self.edges[n])
+        return self._param_memo[node]
 
     def op_counts(self) -> dict[str, int]:
         """How many nodes of each autograd op type the graph holds."""

@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import saved
 from .config import LRPConfig
+from .constants import fill_constants
 from .graph import Graph
 from .rules import RuleContext, lookup
 
@@ -45,10 +46,11 @@ class ActivationRecorder(TorchDispatchMode):
 
 
 def reference_propagate(output, inputs, values: dict, relevance=None, config: LRPConfig | None = None,
-                        want_params: bool = False) -> tuple:
+                        want_params: bool = False, constants: dict | None = None) -> tuple:
     """Relevance of ``inputs`` (tensors of ``output``'s graph) computed with every activation known.
 
-    ``values`` comes from :meth:`ActivationRecorder.values` recorded over the forward pass that made ``output``.
+    ``values`` comes from :meth:`ActivationRecorder.values` recorded over the forward pass that made ``output``;
+    ``constants`` (operands outside the graph) from a :class:`~dynamiclrp.constants.ConstantRecorder` over it.
     """
     config = config or LRPConfig()
     graph = Graph.capture(output)
@@ -56,6 +58,10 @@ def reference_propagate(output, inputs, values: dict, relevance=None, config: LR
            for node in graph.order}
     rel[graph.root][output.output_nr] = output.detach() if relevance is None else relevance
     total = {}
+
+    def rule_of(node):
+        return None if saved.op_name(node) == "AccumulateGrad" else lookup(node, config.rule_overrides)
+
     with torch.no_grad():
         for node in graph.order:
             slots = [r if r is not None else saved.zeros(node, k) for k, r in enumerate(rel[node])]
@@ -68,6 +74,7 @@ def reference_propagate(output, inputs, values: dict, relevance=None, config: LR
                 if operands[i] is None and child is not None:
                     operands[i] = (saved.leaf_variable(child) if saved.op_name(child) == "AccumulateGrad"
                                    else values.get((child, slot)))
+            fill_constants(graph, node, rule, operands, constants or {}, rule_of)
             ctx = RuleContext(node, rule, operands, slots, config, graph, want_params)
             for (child, slot), r in zip(graph.edges[node], rule.relevance(ctx)):
                 if child is not None and r is not None:

@@ -60,6 +60,12 @@ def leaf_variable(node):
     return node.variable
 
 
+def function_saved(node) -> tuple:
+    """Tensors a Python ``torch.autograd.Function`` saved with ``ctx.save_for_backward`` (its node's
+    ``saved_tensors``), and the Function class (``None`` for built-in ops)."""
+    return tuple(getattr(node, "saved_tensors", ())), getattr(node, "_forward_cls", None)
+
+
 def output_shapes(node) -> list[torch.Size]:
     """Shapes of every output of the forward op that made ``node`` (one per output slot)."""
     return [torch.Size(m.shape) for m in node._input_metadata]

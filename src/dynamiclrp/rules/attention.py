@@ -6,7 +6,8 @@ did not keep) have ``s = 0`` and get exactly zero relevance.
 
 Fused attention ``O = softmax(scale * Q K^T + mask) V`` is decomposed into those primitives and explained with the
 same rules the unfused graph would get: the uniform bilinear rule for ``P V`` and for ``Q K^T``, the softmax rule in
-between, the identity for the scale and the (constant) mask. The causal mask is applied **only when the op itself
+between (an additive float mask is a constant bias of the softmax and absorbs its share, see
+:class:`SoftmaxRule`), the identity for the scale. The causal mask is applied **only when the op itself
 was called with ``is_causal=True``** (read from the node), so encoders such as BERT and ViT are not masked.
 """
 from __future__ import annotations
@@ -27,7 +28,14 @@ def softmax_relevance(x, s, r, dim):
 @register("SoftmaxBackward", "SafeSoftmaxBackward")
 class SoftmaxRule(OpRule):
     """Softmax: AttnLRP's rule (see module doc). Needs the softmax *input*, which autograd does not save: a
-    strict promise-generating operation."""
+    strict promise-generating operation.
+
+    A constant added to the scores that autograd kept neither as a tensor nor as the sum (an additive mask
+    buffer, an ALiBi bias in ``baddbmm``) is treated as a bias of the softmax: with ``x = a + m`` and
+    ``g = R_s - s * sum(R_s)``, the scores get ``R_a = a * g`` and ``m`` absorbs ``m * g`` -- what the z-rule on the
+    addition composed with this rule gives, and what this rule gives for a fused attention's mask."""
+
+    absorbs_input_constants = True
 
     def needs(self, node, graph):
         return (0,)
@@ -102,7 +110,7 @@ class SDPARule(OpRule):
         p = torch.softmax(x, -1)
         ve = _expand_kv(v, heads)
         r_p, r_v, _ = product_relevance(Matmul(), p, ve, None, ctx.relevance[0], cfg, 0.0, True, True, False)
-        r_x = softmax_relevance(x, p, r_p, -1)
+        r_x = softmax_relevance(torch.where(torch.isfinite(x), a, x), p, r_p, -1)  # the mask absorbs m * g
         ke = _expand_kv(k, heads)
         r_q, r_kt, _ = product_relevance(Matmul(scale), q, ke.transpose(-2, -1), None, r_x, cfg, 0.0, True, True,
                                          False)

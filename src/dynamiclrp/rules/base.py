@@ -115,6 +115,8 @@ class OpRule:
     """
 
     names: Sequence[str] = ()
+    #: the rule treats a constant added to its input as a bias that absorbs relevance (the softmax)
+    absorbs_input_constants: bool = False
 
     def known_inputs(self, node) -> list:
         return [None] * len(node.next_functions)
@@ -124,6 +126,18 @@ class OpRule:
 
     def forward_needs(self, node) -> Sequence[int]:
         return range(len(node.next_functions))
+
+    def absorbable_constants(self, node) -> Sequence[int]:
+        """Edges that are *additive* constants (attention masks, ALiBi biases) which the engine may treat as a
+        bias absorbed by a softmax downstream when autograd kept neither them nor the sum (see
+        :mod:`dynamiclrp.rules.attention`). The rule then sees zeros in their place."""
+        return ()
+
+    def constant_edges(self, node, func, n_tensors: int) -> dict:
+        """Which edges are which tensor arguments of the call ``func`` that made ``node``: ``{edge: argument
+        index}``. The engine fills edges outside the graph (frozen parameters, buffers) from the arguments the
+        :class:`~dynamiclrp.constants.ConstantRecorder` kept. Empty by default: the rule needs no such value."""
+        return {}
 
     def saved_output(self, node):
         return None

@@ -68,6 +68,27 @@ register("NativeDropoutBackward")(_identity(
     fwd=lambda n, x: x * saved.get(n, "result1") * saved.get(n, "scale")))
 
 
+@register("GeLUFunctionBackward")
+class GeluFunctionRule(IdentityRule):
+    """Identity rule ``R_x = R_y`` for BLOOM's GeLU, written as an ``autograd.Function`` (``GeLUFunction``) that
+    saves its input. The forward is the Function's own; the rule refuses a node of that name that does not look
+    elementwise (one saved tensor shaped like the output)."""
+
+    def _input(self, node):
+        tensors, _cls = saved.function_saved(node)
+        shape = saved.output_shapes(node)[0]
+        if len(tensors) != 1 or tensors[0].shape != shape or len(node.next_functions) != 1:
+            raise NotImplementedError(f"{saved.full_name(node)} is not the elementwise GeLU this rule knows")
+        return tensors[0]
+
+    def known_inputs(self, node):
+        return [self._input(node)]
+
+    def forward(self, node, inputs):
+        _tensors, cls = saved.function_saved(node)
+        return (cls.apply(inputs[0]),)
+
+
 @register("PowBackward")
 class PowRule(IdentityRule):
     """Identity rule ``R_x = R_y`` for ``y = x ** p`` (``PowBackward0``: scalar exponent; ``PowBackward1``:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .. import saved
+from ..constants import linear_call
 from .base import OpRule, edge_shape, register, stabilize, unbroadcast
 
 
@@ -157,6 +158,10 @@ class _ProductRule(OpRule):
     def bias_view(self, node, bias, z_dim):
         return bias
 
+    def constant_edges(self, node, func, n_tensors):
+        # F.linear(x, W, b) / F.conv*(x, W, b): a frozen bias is the third tensor argument
+        return {self.bias_edge: 2} if self.bias_edge == 2 and n_tensors == 3 else {}
+
     def forward(self, node, inputs):
         out = self.f(node)(inputs[self.a_edge], inputs[self.b_edge])
         if self.bias_edge is not None:
@@ -215,6 +220,38 @@ class AddmmRule(_ProductRule):
 
     def f(self, node):
         return _scaled_matmul(node)
+
+    def absorbable_constants(self, node):
+        return (0,) if node.next_functions[0][0] is None else ()
+
+    def constant_edges(self, node, func, n_tensors):
+        if n_tensors != 3:
+            return {}
+        return {0: 2} if linear_call(func) else {0: 0}  # F.linear(x, W, b) or addmm(b, m1, m2)
+
+
+class GroupedMatmul:
+    """``f(a, b) = grouped_mm(a, b, offs)``: rows ``offs[g-1]:offs[g]`` of ``a`` times ``b[g]`` (mixture-of-experts
+    layers run every expert in one call this way)."""
+
+    def __init__(self, offs):
+        self.offs = offs
+
+    def __call__(self, a, b):
+        return torch._grouped_mm(a, b, offs=self.offs)
+
+
+@register("GroupedMmBackward")
+class GroupedMmRule(_ProductRule):
+    """``z = grouped_mm(x, W, offs)`` (MoE experts, e.g. Mixtral): per expert ``g`` an ordinary product
+    ``z_g = x_g @ W_g``, explained like :class:`MatmulRule` (epsilon/gamma/z+ with ``gamma_linear``; uniform
+    bilinear rule if both operands are activations)."""
+
+    def known_inputs(self, node):
+        return [saved.get(node, "self", None), saved.get(node, "mat2", None)]
+
+    def f(self, node):
+        return GroupedMatmul(saved.get(node, "offs", None))
 
 
 @register("LinearBackward")

@@ -9,6 +9,8 @@ batch norm, the shift by the running mean) absorbs its share.
 """
 from __future__ import annotations
 
+import torch
+
 from .. import saved
 from .base import OpRule, register, stabilize
 
@@ -123,3 +125,23 @@ class GroupNormRule(_NormRule):
         ug = self._grouped(ctx.node, u) * saved.get(ctx.node, "result2").unsqueeze(-1)
         ug = ug - ug.mean(-1, keepdim=True)
         return [x * ug.reshape(x.shape)] + [None] * (len(ctx.edges) - 1)
+
+
+@register("WeightNormInterfaceBackward")
+class WeightNormRule(OpRule):
+    """Weight normalisation ``w = g * v / ||v||`` (norm over every dim but ``dim``; Wav2Vec2's positional
+    convolution). The weight is a function of parameters only, so relevance reaches it only when parameter
+    relevance is collected; then ``v`` gets it unchanged (``w`` is ``v`` rescaled entrywise by a positive factor
+    per slice, the identity rule) and the scale ``g`` none."""
+
+    def known_inputs(self, node):
+        return [saved.get(node, "v"), saved.get(node, "g")]
+
+    def saved_output(self, node):
+        return None
+
+    def forward(self, node, inputs):
+        return tuple(torch._weight_norm_interface(inputs[0], inputs[1], saved.get(node, "dim")))
+
+    def relevance(self, ctx):
+        return [ctx.relevance[0], None]

@@ -25,8 +25,11 @@ def _live(node):
 class AddRule(OpRule):
     """``y = a + alpha * b`` (``SubBackward``: ``a - alpha * b``; ``RsubBackward``: ``b - alpha * a``).
 
-    Addends ``c_a = a`` and ``c_b = ±alpha * b`` share ``R_y`` proportionally (see module doc). A constant addend
-    that autograd did not save (``x + 1``, ``x + buffer``) absorbs no relevance: ``R_x = R_y``.
+    Addends ``c_a = a`` and ``c_b = ±alpha * b`` share ``R_y`` proportionally (see module doc). A tensor addend
+    outside the graph (a buffer, a frozen parameter) is a bias: it takes its share and keeps it, as a trainable
+    parameter would (its value comes from the forward pass, see :mod:`dynamiclrp.constants`). A constant added
+    right before a softmax is that softmax's bias instead (:class:`~dynamiclrp.rules.attention.SoftmaxRule`).
+    A Python scalar addend (``x + 1``), which autograd does not keep, absorbs nothing: ``R_x = R_y``.
     """
 
     def _signs(self, node):
@@ -39,8 +42,13 @@ class AddRule(OpRule):
         return (1, alpha)
 
     def needs(self, node, graph):
-        live = _live(node)
-        return live if len(live) > 1 else ()
+        return range(len(node.next_functions)) if len(node.next_functions) == 2 else ()
+
+    def absorbable_constants(self, node):
+        return [i for i, (c, _) in enumerate(node.next_functions) if c is None]
+
+    def constant_edges(self, node, func, n_tensors):
+        return {0: 0, 1: 1} if n_tensors == len(node.next_functions) == 2 else {}
 
     def forward(self, node, inputs):
         if len(inputs) == 1:  # scalar overload: the scalar is saved as 'other' only sometimes
@@ -53,16 +61,50 @@ class AddRule(OpRule):
         return (s[0] * inputs[0] + s[1] * inputs[1],)
 
     def relevance(self, ctx):
-        live = [i for i in range(len(ctx.edges)) if ctx.has_edge(i)]
         r = ctx.relevance[0]
-        if len(live) == 1:
-            out = [None] * len(ctx.edges)
-            out[live[0]] = r.sum_to_size(edge_shape(ctx, live[0]))
-            return out
+        if len(ctx.edges) == 1:
+            return [r.sum_to_size(edge_shape(ctx, 0)) if ctx.has_edge(0) else None]
         signs = self._signs(ctx.node)
         contribs = [s * x for s, x in zip(signs, ctx.inputs)]
-        return proportional(contribs, r, ctx.config.add_rule == "z", ctx.config.epsilon,
-                            [edge_shape(ctx, i) for i in range(len(ctx.edges))])
+        shares = proportional(contribs, r, ctx.config.add_rule == "z", ctx.config.epsilon,
+                              [edge_shape(ctx, i) for i in range(len(ctx.edges))])
+        return [share if ctx.has_edge(i) else None for i, share in enumerate(shares)]
+
+
+@register("IndexAddBackward")
+class IndexAddRule(OpRule):
+    """``y = x.index_add(dim, index, s, alpha)``: ``y = x + sum`` of the rows of ``alpha * s`` sent to each
+    position (MoE layers gather expert outputs this way). Every addend shares ``R_y`` proportionally, as
+    :class:`AddRule`: with weights ``c = |x|`` and ``|alpha * s|`` (abs rule) or ``x`` and ``alpha * s`` over
+    ``stab(y)`` (z rule), ``R_x = c_x * R_y / den`` and ``R_s = c_s * (R_y / den)[index]``. A constant ``x`` (the
+    zeros an MoE layer starts from) is read from the forward pass and keeps its share."""
+
+    def known_inputs(self, node):
+        return [None, saved.get(node, "source", None)]
+
+    def needs(self, node, graph):
+        return (0, 1)
+
+    def constant_edges(self, node, func, n_tensors):
+        return {0: 0} if n_tensors >= 4 else {}  # x.index_add(dim, index, source)
+
+    def forward(self, node, inputs):
+        return (inputs[0].index_add(saved.get(node, "dim"), saved.get(node, "index"), inputs[1],
+                                    alpha=saved.get(node, "alpha", 1)),)
+
+    def relevance(self, ctx):
+        node, (x, src), r = ctx.node, ctx.inputs, ctx.relevance[0]
+        dim, index = saved.get(node, "dim"), saved.get(node, "index")
+        src = saved.get(node, "alpha", 1) * src
+        if ctx.config.add_rule == "z":
+            wx, ws = x, src
+            den = stabilize(x.index_add(dim, index, src), ctx.config.epsilon)
+        else:
+            wx, ws = x.abs() + torch.finfo(r.dtype).tiny, src.abs()
+            den = wx.index_add(dim, index, ws)
+        ratio = r / den
+        out = [wx * ratio, ws * ratio.index_select(dim, index)]
+        return [o if ctx.has_edge(i) else None for i, o in enumerate(out)]
 
 
 class LinearSumRule(OpRule):

@@ -186,6 +186,21 @@ class MaxRule(RoutingRule):
         return (x.amax() if "Max" in saved.full_name(node) else x.amin(),)
 
 
+@register("TopkBackward", "SortBackward", "KthvalueBackward", "ModeBackward", "MedianBackward", "NanmedianBackward")
+class SelectByIndexRule(RoutingRule):
+    """``values, indices = topk(x, k, dim)`` (also ``sort``, ``kthvalue``, ``mode``, ``median`` along a dim): the
+    values are entries of ``x`` picked by the saved ``indices``, so each gets back its own relevance (MoE routers
+    pick their experts this way). The integer ``indices`` output carries no relevance."""
+
+    def forward(self, node, inputs):
+        x, idx = inputs[0], saved.get(node, "indices")
+        dim = saved.get(node, "dim", -1) % max(x.dim(), 1)
+        keep = saved.get(node, "keepdim", True)
+        gathered = x.gather(dim, idx if keep or idx.dim() == x.dim() else idx.unsqueeze(dim))
+        values = gathered if keep or gathered.shape == saved.output_shapes(node)[0] else gathered.squeeze(dim)
+        return (values, idx)[: saved.num_outputs(node)]
+
+
 @register("MaxPool2DWithIndicesBackward", "MaxPool3DWithIndicesBackward", "MaxPool1DWithIndicesBackward")
 class MaxPoolRule(RoutingRule):
     """Max pooling: each window's relevance goes to its arg-max input (winner takes all, as Zennit)."""

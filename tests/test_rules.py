@@ -63,6 +63,16 @@ OPS = {
     "clone": ("CloneBackward", lambda h: h.clone(), True),
     "to_copy": ("ToCopyBackward", lambda h: h.to(torch.float32).to(torch.float64), True),
     "bmm_bilinear": ("BmmBackward", lambda h: torch.bmm(h.flatten(2), h.flatten(2).transpose(1, 2)), False),
+    "topk": ("TopkBackward", lambda h: h.topk(3, dim=1).values, False),
+    "sort": ("SortBackward", lambda h: h.sort(dim=-1, descending=True).values, True),
+    "index_add": ("IndexAddBackward", lambda h: h.index_add(1, torch.tensor([0, 0, 3]), 2 * h[:, 1:4]), False),
+    "upsample_nearest": ("UpsampleNearest2DBackward", lambda h: F.interpolate(h, scale_factor=2), True),
+    "upsample_bilinear": ("UpsampleBilinear2DBackward", lambda h: F.interpolate(h, size=(9, 4), mode="bilinear"),
+                          True),
+    "upsample_bicubic_aa": ("UpsampleBicubic2DAaBackward", lambda h: F.interpolate(
+        h, size=(3, 5), mode="bicubic", antialias=True), False),
+    "upsample_linear": ("UpsampleLinear1DBackward", lambda h: F.interpolate(
+        h.flatten(2), scale_factor=1.5, mode="linear", align_corners=True), True),
     "sdpa": ("ScaledDotProductFlashAttentionForCpuBackward",
              lambda h: F.scaled_dot_product_attention(h, h * 0.5, h, is_causal=True), False),
 }
@@ -107,3 +117,27 @@ def test_rule_direct_and_through_a_promise(name):
     r_y = yd.abs() / (yd.abs() + c.detach().abs()) * out.detach()
     (expected,) = propagate(op(h), [h], relevance=r_y, config=cfg)
     assert torch.allclose(r_h2, expected, rtol=1e-8, atol=1e-12)
+
+
+def test_interpolation_matches_explicit_matrix():
+    """Bilinear interpolation is ``y = L x``; with the matrix ``L`` written out, the abs rule reads
+    ``R_x = |x| * L^T (R_y / (L |x|))``."""
+    x = torch.randn(1, 1, 3, 4, dtype=torch.float64, requires_grad=True)
+    y = F.interpolate(x, size=(5, 7), mode="bilinear", align_corners=False)
+    (rel,) = propagate(y, [x], relevance=y.detach(), config=LRPConfig(epsilon=1e-12))
+    L = torch.autograd.functional.jacobian(
+        lambda t: F.interpolate(t, size=(5, 7), mode="bilinear", align_corners=False), x.detach()).reshape(35, 12)
+    c = x.detach().reshape(12).abs()
+    expected = c * (L.T @ (y.detach().reshape(35) / (L @ c)))
+    torch.testing.assert_close(rel.reshape(12), expected)
+    assert (L >= 0).all()
+
+
+def test_moe_topk_routing_sends_relevance_to_chosen_experts_only():
+    """A router's top-k picks entries of its scores: only the picked entries receive relevance."""
+    scores = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    values, idx = scores.topk(2, dim=-1)
+    (rel,) = propagate(values, [scores], relevance=values.detach(), config=LRPConfig(epsilon=1e-12))
+    picked = torch.zeros(5, 4, dtype=torch.bool).scatter(1, idx, True)
+    assert (rel[~picked] == 0).all()
+    torch.testing.assert_close(rel[picked], scores.detach()[picked])

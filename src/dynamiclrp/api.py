@@ -212,7 +212,8 @@ class LRP:
         dimension) in ``relevance``, the full ``[batch, seq, hidden]`` relevance in ``embedding_relevance``.
         """
         prepared = prepare_inputs(inputs)
-        with torch.enable_grad(), ConstantRecorder() as recorder:
+        token_ids = [x for x in prepared if isinstance(x, torch.Tensor) and not x.is_floating_point()]
+        with torch.enable_grad(), ConstantRecorder(token_ids) as recorder:
             raw = self.model(*prepared, **forward_kwargs)
         output = select_output(raw, self.output_selector)
         if not isinstance(output, torch.Tensor) or output.grad_fn is None:
@@ -228,7 +229,7 @@ class LRP:
             if isinstance(x, torch.Tensor) and x.is_floating_point():
                 taps.append([_tap_for(graph, x)])
             elif isinstance(x, torch.Tensor):
-                taps.append(_embedding_taps(graph, x))
+                taps.append(_embedding_taps(graph, x, recorder.lifted_for(x)))
             else:
                 taps.append([])
         try:
@@ -284,9 +285,10 @@ def prepare_inputs(inputs) -> tuple:
                  for x in inputs)
 
 
-def _embedding_taps(graph: Graph, ids: torch.Tensor) -> list:
+def _embedding_taps(graph: Graph, ids: torch.Tensor, lifted=()) -> list:
     """Embedding lookups whose indices are ``ids``: those sharing its storage; failing that, those with the same
-    values (so position ids that happen to equal the token ids are not mistaken for them when storage tells)."""
+    values (so position ids that happen to equal the token ids are not mistaken for them when storage tells);
+    failing that, the lookups in frozen tables that :class:`ConstantRecorder` made leaves (``lifted``)."""
     same_storage, same_values = [], []
     for node in graph.order:
         if saved.op_name(node) != "EmbeddingBackward":
@@ -298,7 +300,9 @@ def _embedding_taps(graph: Graph, ids: torch.Tensor) -> list:
             same_storage.append((node, 0))
         elif torch.equal(idx.reshape(-1), ids.reshape(-1).to(idx.dtype)):
             same_values.append((node, 0))
-    return same_storage or same_values
+    if same_storage or same_values:
+        return same_storage or same_values
+    return [tap for tap in (_tap_for(graph, out) for out in lifted) if tap is not None]
 
 
 def summarize(result: EngineResult) -> dict:

@@ -13,11 +13,52 @@ activations. Rules map call arguments to their edges (:meth:`~dynamiclrp.rules.O
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.utils._pytree as pytree
 from torch.overrides import TorchFunctionMode
 
 from . import saved
+
+
+class Call(NamedTuple):
+    """One recorded call: ``func(*args, **kwargs)`` with graph tensors replaced by ``None``."""
+
+    func: object
+    args: tuple
+    kwargs: dict
+
+    def is_one_of(self, *names: str) -> bool:
+        """Whether the call was to one of ``names`` (``"add"`` also matches ``add_``, ``__add__``, ``__radd__``,
+        ``__iadd__``): rules read arguments only from calls they understand, never from a composite whose
+        internals happen to contain their op."""
+        name = getattr(self.func, "__name__", "").strip("_")
+        name = name[:-1] if name.endswith("_") else name
+        for prefix in ("r", "i"):
+            if name.startswith(prefix) and name[1:] in names and getattr(self.func, "__name__", "").startswith("__"):
+                return True
+        return name in names
+
+    def arg(self, position: int, name: str):
+        """The argument at ``position`` or keyword ``name`` (``None`` if absent or part of the graph)."""
+        if position < len(self.args):
+            return self.args[position]
+        return self.kwargs.get(name)
+
+
+def _is_number(a) -> bool:
+    return isinstance(a, (int, float)) and not isinstance(a, bool)
+
+
+def _constant(a, copy: bool = False):
+    """``a`` with graph tensors replaced by ``None`` (one level into lists and tuples)."""
+    if isinstance(a, torch.Tensor):
+        return None if a.requires_grad else a.clone() if copy else a
+    if isinstance(a, (list, tuple)):
+        return type(a)(None if isinstance(t, torch.Tensor) and t.requires_grad else t for t in a)
+    return a
+
 
 #: how many autograd nodes of one call may share its recorded constants (composite ops make a few)
 _MAX_NODES_PER_CALL = 16
@@ -26,35 +67,57 @@ _MAX_NODES_PER_CALL = 16
 class ConstantRecorder(TorchFunctionMode):
     """Records the constant tensor arguments of every call whose result has a ``grad_fn``.
 
+    Parameters
+    ----------
+    token_ids : tensors, optional
+        Integer inputs being explained. Their lookups in frozen embedding tables are made leaves that require
+        grad (listed in ``lifted``), so that models with frozen embeddings can be explained per token.
+
     Attributes
     ----------
     calls : dict
-        ``grad_fn -> (func, leaves)``: the called function and its tensor and number arguments in call order
-        (positional tensors and numbers, then keyword tensors), each the value itself if it is not part of the
-        graph (a number, a tensor that does not require grad), else ``None``.
+        ``grad_fn -> Call``: the called function and its arguments, where every tensor that is part of the graph
+        (requires grad) is replaced by ``None`` -- activations are never kept.
     """
 
-    def __init__(self):
+    def __init__(self, token_ids=()):
         super().__init__()
         self.calls: dict = {}
+        self.token_ids = tuple(token_ids)
+        self.lifted: list = []  # (index into token_ids, embedding output made a leaf that requires grad)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        leaves = [t for t in pytree.tree_leaves(args) if isinstance(t, (torch.Tensor, float, int))
-                  and not isinstance(t, bool)]
-        leaves += [t for t in pytree.tree_leaves(kwargs) if isinstance(t, torch.Tensor)]
-        in_graph = [isinstance(t, torch.Tensor) and t.requires_grad for t in leaves]  # before an in-place update
-        if all(in_graph):
+        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if all(t.requires_grad for t in tensors) and not any(_is_number(a) for a in args):
             return func(*args, **kwargs)
         inplace = getattr(func, "__name__", "").endswith("_")
-        constants = [None if g else t.clone() if inplace and t is args[0] else t for t, g in zip(leaves, in_graph)]
-        arg_nodes = {t.grad_fn for t in leaves if isinstance(t, torch.Tensor) and t.grad_fn is not None}
+        # read before the call: an in-place op turns its constant ``self`` into a graph tensor (and changes it)
+        call = Call(func, tuple(_constant(a, copy=inplace and k == 0) for k, a in enumerate(args)),
+                    {key: _constant(v) for key, v in kwargs.items()})
+        arg_nodes = {t.grad_fn for t in tensors if t.grad_fn is not None}
         out = func(*args, **kwargs)
+        if self.token_ids and getattr(func, "__name__", "") == "embedding" and not out.requires_grad:
+            self._lift(args[0], out)
         first = out[0] if isinstance(out, (tuple, list)) and out else out
         if isinstance(first, torch.Tensor) and first.grad_fn is not None and first.grad_fn not in self.calls:
             for node in _nodes_of_call(first.grad_fn, arg_nodes):
-                self.calls.setdefault(node, (func, constants))
+                self.calls.setdefault(node, call)
         return out
+
+    def lifted_for(self, ids) -> list:
+        """The lifted embedding outputs of the integer input ``ids``."""
+        return [out for k, out in self.lifted if self.token_ids[k] is ids]
+
+    def _lift(self, indices, out):
+        """A frozen embedding table (``requires_grad=False``, e.g. a LoRA base model) puts no lookup in the graph:
+        make the lookup of the explained token ids a leaf that requires grad, so relevance has a place to land.
+        The model and its table are untouched; only this fresh output tensor changes."""
+        for k, ids in enumerate(self.token_ids):
+            if indices.data_ptr() == ids.data_ptr() and indices.shape == ids.shape:
+                out.requires_grad_(True)
+                self.lifted.append((k, out))
+                return
 
 
 def _nodes_of_call(root, argument_nodes, limit: int = _MAX_NODES_PER_CALL) -> list:
@@ -72,9 +135,6 @@ def _nodes_of_call(root, argument_nodes, limit: int = _MAX_NODES_PER_CALL) -> li
     return found
 
 
-def linear_call(func) -> bool:
-    """Whether ``func`` is ``F.linear`` (which autograd records as ``AddmmBackward`` on 2-D inputs)."""
-    return func is torch.nn.functional.linear or getattr(func, "__name__", "") == "linear"
 
 
 def feeds_softmax_only(graph, node, rule_of) -> bool:
@@ -114,9 +174,7 @@ def fill_constants(graph, node, rule, vals: list, calls: dict, rule_of) -> None:
     call = calls.get(node)
     if call is None:
         return
-    func, leaves = call
-    for edge, k in rule.constant_edges(node, func, len(leaves)).items():
-        if edges[edge][0] is None and vals[edge] is None and k < len(leaves) and leaves[k] is not None:
-            value = leaves[k]
+    for edge, value in rule.constant_edges(node, call).items():
+        if edges[edge][0] is None and vals[edge] is None and value is not None:
             vals[edge] = (value.detach() if isinstance(value, torch.Tensor)
                           else torch.tensor(value, dtype=saved.output_dtypes(node)[0]))

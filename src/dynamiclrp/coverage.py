@@ -220,12 +220,12 @@ def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None =
     if (model is None) == (output is None):
         raise TypeError("pass either a model (with its inputs) or an output tensor")
     prepared: tuple = ()
-    constants = None
+    recorder = None
     if model is not None:
         prepared = prepare_inputs(inputs)
-        with torch.enable_grad(), ConstantRecorder() as recorder:
+        token_ids = [x for x in prepared if isinstance(x, torch.Tensor) and not x.is_floating_point()]
+        with torch.enable_grad(), ConstantRecorder(token_ids) as recorder:
             output = select_output(model(*prepared, **forward_kwargs))
-        constants = recorder.calls
         label = label or type(model).__name__
     label = label or "output"
     if not isinstance(output, torch.Tensor):
@@ -255,7 +255,7 @@ def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None =
                             sorted(ops.values(), key=lambda o: (o.covered, -o.count, o.name)))
     if run and report.complete:
         try:
-            report.stats = _promise_stats(graph, output, prepared, config, target, constants)
+            report.stats = _promise_stats(graph, output, prepared, config, target, recorder)
         except RuntimeError as err:  # DynamicLRPError (an unrecoverable operand...) or an engine failure
             report.engine_error = f"{type(err).__name__}: {err}"
     return report
@@ -264,7 +264,7 @@ def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None =
 # ------------------------------------------------------------------------------------------------ statistics
 
 
-def _input_taps(graph: Graph, inputs: tuple) -> list:
+def _input_taps(graph: Graph, inputs: tuple, recorder=None) -> list:
     """``(node, slot)`` pairs whose relevance is the input relevance: the leaf of each float input, the
     embedding lookups indexed by each integer input; without inputs, every leaf that is not an ``nn.Parameter``."""
     tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
@@ -273,15 +273,17 @@ def _input_taps(graph: Graph, inputs: tuple) -> list:
                 and not isinstance(saved.leaf_variable(node), nn.Parameter)]
     taps = []
     for x in tensors:
-        taps.extend([_tap_for(graph, x)] if x.is_floating_point() else _embedding_taps(graph, x))
+        lifted = recorder.lifted_for(x) if recorder is not None else ()
+        taps.extend([_tap_for(graph, x)] if x.is_floating_point() else _embedding_taps(graph, x, lifted))
     return list(dict.fromkeys(t for t in taps if t is not None))
 
 
 def _promise_stats(graph: Graph, output: torch.Tensor, inputs: tuple, config: LRPConfig, target,
-                   constants=None) -> dict:
+                   recorder=None) -> dict:
     """Run the engine once; the paper's Table 2 columns plus the relevance that reached the inputs."""
     seed = seed_relevance(output, target)
-    taps = _input_taps(graph, inputs)
+    taps = _input_taps(graph, inputs, recorder)
+    constants = recorder.calls if recorder is not None else None
     result = Engine(graph, config, taps=taps, constants=constants).run(seed, slot=output.output_nr)
     seed_total = float(seed.sum())
     input_total = sum(float(r.sum()) for r in result.taps.values() if r is not None)

@@ -7,8 +7,9 @@ Specs (see :func:`build`):
   model takes it, else ``224x224`` (:data:`TORCHVISION_SIZES`);
 * ``timm:NAME`` -- ``timm.create_model(NAME, pretrained=False)``, input ``1x3x64x64`` where the model takes it,
   else its native size;
-* ``hf:NAME`` -- a Hugging Face ``transformers`` family built from a tiny config (:data:`HF_MODELS`), token ids
-  ``1x8``;
+* ``hf:NAME`` -- a Hugging Face ``transformers`` family built from a tiny config: language models of
+  :data:`HF_MODELS` (token ids ``1x8``), speech, vision and multimodal models and a LoRA-adapted BERT (``peft``)
+  of :data:`HF_BUILDERS`;
 * ``package.module:factory`` or ``path/to/file.py:factory`` -- your own callable, returning a model (give the
   input shape) or ``(model, inputs)`` or ``(model, inputs, forward_kwargs)``.
 """
@@ -92,6 +93,119 @@ HF_MODELS = {
            {"decoder_input_ids": "ids", "use_cache": False}),
 }
 
+_DEC = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=100, max_position_embeddings=64)
+_ENC = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
+            max_position_embeddings=64)
+_SEQ2SEQ = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100)
+_CAUSAL = {"use_cache": False}
+HF_MODELS.update({
+    "gpt2-eager": ("GPT2Config", "GPT2LMHeadModel", dict(HF_MODELS["gpt2"][2], attn_implementation="eager"),
+                   {"use_cache": False, "attention_mask": "ones"}),
+    "roberta": ("RobertaConfig", "RobertaForSequenceClassification", dict(_ENC, num_labels=3),
+                {"attention_mask": "ones"}),
+    "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification",
+                   dict(dim=32, hidden_dim=64, n_layers=2, n_heads=4, vocab_size=100, max_position_embeddings=64),
+                   {"attention_mask": "ones"}),
+    "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification", dict(_ENC, num_labels=3),
+                   {"attention_mask": "ones"}),
+    "bart": ("BartConfig", "BartForConditionalGeneration", dict(_SEQ2SEQ, max_position_embeddings=64),
+             {"decoder_input_ids": "ids", "use_cache": False}),
+    "flan-t5": ("T5Config", "T5ForConditionalGeneration",
+                dict(HF_MODELS["t5"][2], feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+                {"decoder_input_ids": "ids", "use_cache": False}),
+    "llama3.2": ("LlamaConfig", "LlamaForCausalLM",
+                 dict(_DEC, tie_word_embeddings=True, rope_parameters=dict(
+                     rope_type="llama3", rope_theta=500000.0, factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                     original_max_position_embeddings=8192)), _CAUSAL),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(_DEC, head_dim=8, sliding_window=4), _CAUSAL),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(_DEC, head_dim=8), _CAUSAL),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(_DEC, pad_token_id=0, bos_token_id=1, eos_token_id=2), _CAUSAL),
+    "falcon": ("FalconConfig", "FalconForCausalLM",
+               dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=100), _CAUSAL),
+    "gpt-neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(_ENC, bos_token_id=0, eos_token_id=0), _CAUSAL),
+    "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=32, n_layer=2, n_head=4, vocab_size=100), _CAUSAL),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(_DEC, num_local_experts=4, num_experts_per_tok=2),
+                _CAUSAL),
+    "mixtral-eager": ("MixtralConfig", "MixtralForCausalLM",
+                      dict(_DEC, num_local_experts=4, num_experts_per_tok=2, experts_implementation="eager"), _CAUSAL),
+    "mamba": ("MambaConfig", "MambaForCausalLM",
+              dict(hidden_size=32, state_size=8, num_hidden_layers=2, vocab_size=100), _CAUSAL),
+})
+
+#: private config attributes set after construction (not constructor arguments)
+_HF_PRIVATE = {"attn_implementation": "_attn_implementation", "experts_implementation": "_experts_implementation"}
+
+
+
+def _wav2vec2(tf):
+    cfg = tf.Wav2Vec2Config(**{k: _ENC[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                    "num_attention_heads")},
+                            conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                            num_conv_pos_embedding_groups=4, num_labels=3)
+    return tf.Wav2Vec2ForSequenceClassification(cfg), (torch.randn(1, 800),), {}
+
+
+def _whisper(tf):
+    cfg = tf.WhisperConfig(**_SEQ2SEQ, num_mel_bins=16, max_source_positions=16, max_target_positions=16,
+                           decoder_start_token_id=1, pad_token_id=0, eos_token_id=2, bos_token_id=1)
+    kwargs = {"decoder_input_ids": torch.randint(3, 100, (1, 6)), "use_cache": False}
+    return tf.WhisperForConditionalGeneration(cfg), (torch.randn(1, 16, 32),), kwargs
+
+
+def _vision_tower(**extra):
+    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, **extra)
+
+
+def _clip(tf):
+    cfg = tf.CLIPConfig(text_config=dict(_vision_tower(), vocab_size=100, max_position_embeddings=16),
+                        vision_config=_vision_tower(image_size=32, patch_size=8), projection_dim=16)
+    # the explained output is logits_per_image (first of the tuple): both towers are in its graph
+    return tf.CLIPModel(cfg), (torch.randint(1, 100, (2, 6)),), {"pixel_values": torch.randn(1, 3, 32, 32),
+                                                                 "return_dict": False}
+
+
+def _siglip(tf):
+    cfg = tf.SiglipVisionConfig(**_vision_tower(image_size=32, patch_size=8))
+    return tf.SiglipForImageClassification(tf.SiglipConfig(vision_config=cfg.to_dict(), num_labels=3)), \
+        (torch.randn(1, 3, 32, 32),), {}
+
+
+def _siglip2(tf):
+    cfg = tf.Siglip2VisionConfig(**_vision_tower(patch_size=8, num_patches=16))
+    model = tf.Siglip2ForImageClassification(tf.Siglip2Config(vision_config=cfg.to_dict(), num_labels=3))
+    kwargs = {"pixel_attention_mask": torch.ones(1, 16, dtype=torch.long), "spatial_shapes": torch.tensor([[4, 4]])}
+    return model, (torch.randn(1, 16, 3 * 8 * 8),), kwargs
+
+
+def _pix2struct(tf):
+    cfg = tf.Pix2StructConfig(
+        text_config=dict(hidden_size=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, vocab_size=100),
+        vision_config=dict(hidden_size=32, d_kv=8, d_ff=64, num_hidden_layers=2, num_attention_heads=4,
+                           patch_embed_hidden_size=16, seq_len=16, patch_size=4, num_channels=1))
+    rows, cols = torch.meshgrid(torch.arange(1, 5.0), torch.arange(1, 5.0), indexing="ij")
+    patches = torch.cat([rows.reshape(1, 16, 1), cols.reshape(1, 16, 1), torch.randn(1, 16, 16)], -1)
+    kwargs = {"decoder_input_ids": torch.randint(1, 100, (1, 5)), "use_cache": False}
+    return tf.Pix2StructForConditionalGeneration(cfg), (patches,), kwargs
+
+
+def _lora(tf):
+    """BERT with LoRA adapters (peft) on its attention projections: a frozen, biased base model plus adapters."""
+    import peft
+
+    cfg = tf.BertConfig(**{k: _ENC[k] for k in _ENC if k != "max_position_embeddings"}, max_position_embeddings=32,
+                        num_labels=3)
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], init_lora_weights=False)
+    model = peft.get_peft_model(tf.BertForSequenceClassification(cfg), lora)
+    ids = torch.randint(1, 100, (1, HF_SEQ_LEN))
+    return model, (ids,), {"attention_mask": torch.ones_like(ids)}
+
+
+#: Hugging Face families that need more than token ids: name -> builder(transformers) -> (model, inputs, kwargs)
+HF_BUILDERS = {"wav2vec2": _wav2vec2, "whisper": _whisper, "clip": _clip, "siglip": _siglip, "siglip2": _siglip2,
+               "pix2struct": _pix2struct, "bert-lora": _lora}
+
 #: forward kwargs given as a word in :data:`HF_MODELS`, made from the token ids
 _HF_KWARG_MAKERS = {"ones": torch.ones_like, "ids": torch.clone}
 
@@ -170,10 +284,20 @@ def _hf(name: str, shape):
     ensure_torchvision_importable()
     import transformers
 
+    if name in HF_BUILDERS:
+        model, inputs, kwargs = HF_BUILDERS[name](transformers)
+        if shape is not None:
+            inputs = (torch.randn(shape) if inputs[0].is_floating_point()
+                      else torch.randint(1, 100, shape),)
+        return model.eval(), inputs, kwargs
     if name not in HF_MODELS:
-        raise ValueError(f"unknown Hugging Face family {name!r}; known: {', '.join(sorted(HF_MODELS))}")
+        known = sorted([*HF_MODELS, *HF_BUILDERS])
+        raise ValueError(f"unknown Hugging Face family {name!r}; known: {', '.join(known)}")
     config_cls, model_cls, config_kwargs, extra = HF_MODELS[name]
-    config = getattr(transformers, config_cls)(**config_kwargs)
+    private = {_HF_PRIVATE[k]: config_kwargs[k] for k in _HF_PRIVATE if k in config_kwargs}
+    config = getattr(transformers, config_cls)(**{k: v for k, v in config_kwargs.items() if k not in _HF_PRIVATE})
+    for key, value in private.items():
+        setattr(config, key, value)
     model = getattr(transformers, model_cls)(config).eval()
     ids = torch.randint(1, config.vocab_size, shape or (1, HF_SEQ_LEN))
     kwargs = {key: _HF_KWARG_MAKERS[value](ids) if isinstance(value, str) else value for key, value in extra.items()}

@@ -133,10 +133,10 @@ class OpRule:
         :mod:`dynamiclrp.rules.attention`). The rule then sees zeros in their place."""
         return ()
 
-    def constant_edges(self, node, func, n_tensors: int) -> dict:
-        """Which edges are which tensor arguments of the call ``func`` that made ``node``: ``{edge: argument
-        index}``. The engine fills edges outside the graph (frozen parameters, buffers) from the arguments the
-        :class:`~dynamiclrp.constants.ConstantRecorder` kept. Empty by default: the rule needs no such value."""
+    def constant_edges(self, node, call) -> dict:
+        """Values of edges outside the graph (frozen parameters, buffers, wrapped scalars), read from the
+        recorded call that made ``node`` (a :class:`~dynamiclrp.constants.Call`): ``{edge: value or None}``.
+        Empty by default: the rule needs no such value."""
         return {}
 
     def saved_output(self, node):

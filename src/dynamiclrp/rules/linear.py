@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 
 from .. import saved
-from ..constants import linear_call
 from .base import OpRule, edge_shape, register, stabilize, unbroadcast
 
 
@@ -158,9 +157,11 @@ class _ProductRule(OpRule):
     def bias_view(self, node, bias, z_dim):
         return bias
 
-    def constant_edges(self, node, func, n_tensors):
-        # F.linear(x, W, b) / F.conv*(x, W, b): a frozen bias is the third tensor argument
-        return {self.bias_edge: 2} if self.bias_edge == 2 and n_tensors == 3 else {}
+    def constant_edges(self, node, call):
+        # F.linear(x, W, b) / F.conv*(x, W, b): a frozen bias is the third argument
+        known = call.is_one_of("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                               "conv_transpose3d")
+        return {self.bias_edge: call.arg(2, "bias")} if self.bias_edge == 2 and known else {}
 
     def forward(self, node, inputs):
         out = self.f(node)(inputs[self.a_edge], inputs[self.b_edge])
@@ -224,10 +225,10 @@ class AddmmRule(_ProductRule):
     def absorbable_constants(self, node):
         return (0,) if node.next_functions[0][0] is None else ()
 
-    def constant_edges(self, node, func, n_tensors):
-        if n_tensors != 3:
-            return {}
-        return {0: 2} if linear_call(func) else {0: 0}  # F.linear(x, W, b) or addmm(b, m1, m2)
+    def constant_edges(self, node, call):  # F.linear(x, W, b) on 2-D inputs, or addmm(b, m1, m2)
+        if call.is_one_of("linear"):
+            return {0: call.arg(2, "bias")}
+        return {0: call.arg(0, "input")} if call.is_one_of("addmm", "baddbmm") else {}
 
 
 class GroupedMatmul:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import saved
-from .base import OpRule, edge_shape, proportional, register, stabilize
+from .base import OpRule, RoutingRule, edge_shape, proportional, register, stabilize
 
 
 def _live(node):
@@ -47,8 +47,10 @@ class AddRule(OpRule):
     def absorbable_constants(self, node):
         return [i for i, (c, _) in enumerate(node.next_functions) if c is None]
 
-    def constant_edges(self, node, func, n_tensors):
-        return {0: 0, 1: 1} if n_tensors == len(node.next_functions) == 2 else {}
+    def constant_edges(self, node, call):  # a + b, torch.add(input, other), a.__radd__(b)
+        if len(node.next_functions) != 2 or not call.is_one_of("add", "sub", "subtract", "rsub"):
+            return {}
+        return {0: call.arg(0, "input"), 1: call.arg(1, "other")}
 
     def forward(self, node, inputs):
         if len(inputs) == 1:  # scalar overload: the scalar is saved as 'other' only sometimes
@@ -85,8 +87,8 @@ class IndexAddRule(OpRule):
     def needs(self, node, graph):
         return (0, 1)
 
-    def constant_edges(self, node, func, n_tensors):
-        return {0: 0} if n_tensors >= 4 else {}  # x.index_add(dim, index, source)
+    def constant_edges(self, node, call):  # x.index_add(dim, index, source)
+        return {0: call.arg(0, "input")} if call.is_one_of("index_add") else {}
 
     def forward(self, node, inputs):
         return (inputs[0].index_add(saved.get(node, "dim"), saved.get(node, "index"), inputs[1],
@@ -190,3 +192,43 @@ class FoldRule(LinearSumRule):
         size = saved.output_shapes(node)[0][-2:]
         return (F.fold(inputs[0], tuple(size), saved.get(node, "kernel_size"), saved.get(node, "dilation"),
                        saved.get(node, "padding"), saved.get(node, "stride")),)
+
+
+#: interpolation nodes -> the aten op that recomputes them from the saved sizes, scales and corner flag
+_UPSAMPLE = {
+    "UpsampleLinear1DBackward": "upsample_linear1d", "UpsampleBilinear2DBackward": "upsample_bilinear2d",
+    "UpsampleBicubic2DBackward": "upsample_bicubic2d", "UpsampleTrilinear3DBackward": "upsample_trilinear3d",
+    "UpsampleBilinear2DAaBackward": "_upsample_bilinear2d_aa", "UpsampleBicubic2DAaBackward": "_upsample_bicubic2d_aa",
+    "UpsampleNearest1DBackward": "upsample_nearest1d", "UpsampleNearest2DBackward": "upsample_nearest2d",
+    "UpsampleNearest3DBackward": "upsample_nearest3d", "UpsampleNearestExact1DBackward": "_upsample_nearest_exact1d",
+    "UpsampleNearestExact2DBackward": "_upsample_nearest_exact2d",
+    "UpsampleNearestExact3DBackward": "_upsample_nearest_exact3d",
+}
+
+
+def upsample(node, x):
+    """Recompute the interpolation of ``node`` on ``x`` (``F.interpolate`` with the saved size and scales)."""
+    fn = getattr(torch.ops.aten, _UPSAMPLE[saved.op_name(node)])
+    args = [x, list(saved.get(node, "output_size"))]
+    if saved.has(node, "align_corners"):
+        args.append(saved.get(node, "align_corners"))
+    scales = [saved.get(node, k) for k in ("scales", "scales_d", "scales_h", "scales_w") if saved.has(node, k)]
+    return fn(*args, *scales)
+
+
+@register(*[name for name in _UPSAMPLE if "Nearest" not in name])
+class InterpolateRule(LinearSumRule):
+    """Linear, bilinear, bicubic and trilinear interpolation (also antialiased): each output is a weighted sum
+    ``y = L x`` of nearby inputs, so ``R_x = c * L^T(R_y / L(c))`` as for the other linear sums (``c = |x|``, or
+    ``x`` with the z rule). Bicubic weights have small negative lobes: there the abs rule spreads by magnitude."""
+
+    def forward(self, node, inputs):
+        return (upsample(node, inputs[0]),)
+
+
+@register(*[name for name in _UPSAMPLE if "Nearest" in name])
+class NearestInterpolateRule(RoutingRule):
+    """Nearest-neighbour interpolation copies inputs: each copy's relevance goes back to its source."""
+
+    def forward(self, node, inputs):
+        return (upsample(node, inputs[0]),)

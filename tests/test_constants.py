@@ -77,3 +77,16 @@ def test_inplace_update_of_a_constant_keeps_its_old_value():
     y = torch.ones(5, 3, dtype=torch.float64).index_add(0, torch.tensor([0, 2, 2, 4]), 2 * src.detach())
     expected = 2 * src.detach() * (y / y)[[0, 2, 2, 4]]  # z rule: R_s = c_s * R_y / y with R_y = y
     torch.testing.assert_close(rel, expected)
+
+
+def test_bias_free_conv_never_takes_another_argument_as_bias():
+    """``F.conv2d(x, w, None, stride, padding)``: a frozen conv without bias must not read its stride as one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(12, 2)).double().eval()
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
+    cfg = LRPConfig(epsilon=1e-12)
+    trainable = LRP(model, cfg).explain(x)
+    model.requires_grad_(False)
+    frozen = LRP(model, cfg).explain(x)
+    torch.testing.assert_close(frozen.relevance[0], trainable.relevance[0], rtol=1e-10, atol=1e-14)

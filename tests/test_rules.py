@@ -141,3 +141,20 @@ def test_moe_topk_routing_sends_relevance_to_chosen_experts_only():
     picked = torch.zeros(5, 4, dtype=torch.bool).scatter(1, idx, True)
     assert (rel[~picked] == 0).all()
     torch.testing.assert_close(rel[picked], scores.detach()[picked])
+
+
+def test_grouped_mm_equals_one_epsilon_rule_per_expert():
+    """``grouped_mm`` (MoE experts in one call) is, per expert, ``z_g = x_g @ W_g``: its relevance equals the
+    epsilon rule applied to each expert's rows separately."""
+    torch.manual_seed(0)
+    x = torch.randn(7, 4, requires_grad=True)
+    w = torch.nn.Parameter(torch.randn(3, 4, 8))  # grouped_mm wants 16-byte aligned strides
+    offs = torch.tensor([2, 2, 7], dtype=torch.int32)  # expert 1 gets no rows
+    z = torch._grouped_mm(x, w, offs=offs)
+    cfg = LRPConfig(epsilon=1e-6)
+    (rel,) = propagate(z, [x], relevance=z.detach(), config=cfg)
+    expected = torch.zeros_like(x)
+    for g, (lo, hi) in enumerate([(0, 2), (2, 2), (2, 7)]):
+        xg, zg = x.detach()[lo:hi], z.detach()[lo:hi]
+        expected[lo:hi] = xg * ((zg / (zg + cfg.epsilon * (2 * (zg >= 0) - 1))) @ w.detach()[g].T)
+    torch.testing.assert_close(rel, expected)

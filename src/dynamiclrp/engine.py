@@ -82,7 +82,7 @@ class Engine:
 
     def __init__(self, graph: Graph, config, taps=(), want_params=False, constants=None):
         self.graph = graph
-        self.constants = constants or {}  # grad_fn -> (func, leaves), see dynamiclrp.constants
+        self.constants = constants or {}  # grad_fn -> constants.Call of the forward pass
         self.config = config
         self.taps = {t: None for t in taps}
         self.tap_nodes = {n for n, _ in self.taps}

@@ -212,9 +212,7 @@ class LRP:
         dimension) in ``relevance``, the full ``[batch, seq, hidden]`` relevance in ``embedding_relevance``.
         """
         prepared = prepare_inputs(inputs)
-        token_ids = [x for x in prepared if isinstance(x, torch.Tensor) and not x.is_floating_point()]
-        with torch.enable_grad(), ConstantRecorder(token_ids) as recorder:
-            raw = self.model(*prepared, **forward_kwargs)
+        raw, recorder = run_recorded(self.model, prepared, forward_kwargs)
         output = select_output(raw, self.output_selector)
         if not isinstance(output, torch.Tensor) or output.grad_fn is None:
             raise NoGradGraphError(
@@ -274,6 +272,15 @@ class LRP:
             paths = [p or "<model>" for p, n in places.get(name, {}).items() for _ in range(n)]
             ops[name] = paths + [None] * (len(where) - len(paths))
         return UnsupportedOperationError(ops)
+
+
+def run_recorded(model, prepared: tuple, forward_kwargs: dict):
+    """Run ``model`` with grad enabled under a :class:`ConstantRecorder` that knows the integer inputs; returns
+    what the model returned and the recorder."""
+    token_ids = [x for x in prepared if isinstance(x, torch.Tensor) and not x.is_floating_point()]
+    with torch.enable_grad(), ConstantRecorder(token_ids) as recorder:
+        raw = model(*prepared, **forward_kwargs)
+    return raw, recorder
 
 
 def prepare_inputs(inputs) -> tuple:

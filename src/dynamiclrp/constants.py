@@ -33,12 +33,10 @@ class Call(NamedTuple):
         """Whether the call was to one of ``names`` (``"add"`` also matches ``add_``, ``__add__``, ``__radd__``,
         ``__iadd__``): rules read arguments only from calls they understand, never from a composite whose
         internals happen to contain their op."""
-        name = getattr(self.func, "__name__", "").strip("_")
-        name = name[:-1] if name.endswith("_") else name
-        for prefix in ("r", "i"):
-            if name.startswith(prefix) and name[1:] in names and getattr(self.func, "__name__", "").startswith("__"):
-                return True
-        return name in names
+        raw = getattr(self.func, "__name__", "")
+        name = raw.strip("_")
+        reflected = raw.startswith("__") and name[:1] in ("r", "i") and name[1:] in names
+        return reflected or name in names
 
     def arg(self, position: int, name: str):
         """The argument at ``position`` or keyword ``name`` (``None`` if absent or part of the graph)."""
@@ -91,13 +89,14 @@ class ConstantRecorder(TorchFunctionMode):
         tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         if all(t.requires_grad for t in tensors) and not any(_is_number(a) for a in args):
             return func(*args, **kwargs)
-        inplace = getattr(func, "__name__", "").endswith("_")
+        func_name = getattr(func, "__name__", "")
+        inplace = func_name.endswith("_")
         # read before the call: an in-place op turns its constant ``self`` into a graph tensor (and changes it)
         call = Call(func, tuple(_constant(a, copy=inplace and k == 0) for k, a in enumerate(args)),
                     {key: _constant(v) for key, v in kwargs.items()})
         arg_nodes = {t.grad_fn for t in tensors if t.grad_fn is not None}
         out = func(*args, **kwargs)
-        if self.token_ids and getattr(func, "__name__", "") == "embedding" and not out.requires_grad:
+        if self.token_ids and func_name == "embedding" and not out.requires_grad:
             self._lift(args[0], out)
         first = out[0] if isinstance(out, (tuple, list)) and out else out
         if isinstance(first, torch.Tensor) and first.grad_fn is not None and first.grad_fn not in self.calls:
@@ -130,11 +129,9 @@ def _nodes_of_call(root, argument_nodes, limit: int = _MAX_NODES_PER_CALL) -> li
             continue
         found.append(node)
         for child, _slot in node.next_functions:
-            if child is not None and child not in argument_nodes and type(child).__name__ != "AccumulateGrad":
+            if child is not None and child not in argument_nodes and saved.op_name(child) != "AccumulateGrad":
                 stack.append(child)
     return found
-
-
 
 
 def feeds_softmax_only(graph, node, rule_of) -> bool:

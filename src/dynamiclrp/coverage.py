@@ -18,9 +18,16 @@ import torch
 from torch import nn
 
 from . import saved
-from .api import _embedding_taps, _tap_for, prepare_inputs, seed_relevance, select_output, summarize
+from .api import (
+    _embedding_taps,
+    _tap_for,
+    prepare_inputs,
+    run_recorded,
+    seed_relevance,
+    select_output,
+    summarize,
+)
 from .config import LRPConfig
-from .constants import ConstantRecorder
 from .engine import Engine
 from .errors import NoGradGraphError
 from .graph import Graph
@@ -223,9 +230,8 @@ def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None =
     recorder = None
     if model is not None:
         prepared = prepare_inputs(inputs)
-        token_ids = [x for x in prepared if isinstance(x, torch.Tensor) and not x.is_floating_point()]
-        with torch.enable_grad(), ConstantRecorder(token_ids) as recorder:
-            output = select_output(model(*prepared, **forward_kwargs))
+        raw, recorder = run_recorded(model, prepared, forward_kwargs)
+        output = select_output(raw)
         label = label or type(model).__name__
     label = label or "output"
     if not isinstance(output, torch.Tensor):

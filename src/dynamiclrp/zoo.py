@@ -93,10 +93,10 @@ HF_MODELS = {
            {"decoder_input_ids": "ids", "use_cache": False}),
 }
 
-_DEC = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            vocab_size=100, max_position_embeddings=64)
-_ENC = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
-            max_position_embeddings=64)
+#: the size every tiny transformer tower shares; encoders and decoders add a vocabulary, decoders grouped KV heads
+_TOWER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+_ENC = dict(_TOWER, vocab_size=100, max_position_embeddings=64)
+_DEC = dict(_ENC, num_key_value_heads=2)
 _SEQ2SEQ = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
                 encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=100)
 _CAUSAL = {"use_cache": False}
@@ -140,10 +140,8 @@ _HF_PRIVATE = {"attn_implementation": "_attn_implementation", "experts_implement
 
 
 def _wav2vec2(tf):
-    cfg = tf.Wav2Vec2Config(**{k: _ENC[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                                    "num_attention_heads")},
-                            conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
-                            num_conv_pos_embedding_groups=4, num_labels=3)
+    cfg = tf.Wav2Vec2Config(**_TOWER, conv_dim=(16, 16), conv_stride=(5, 2), conv_kernel=(10, 3),
+                            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, num_labels=3)
     return tf.Wav2Vec2ForSequenceClassification(cfg), (torch.randn(1, 800),), {}
 
 
@@ -154,26 +152,22 @@ def _whisper(tf):
     return tf.WhisperForConditionalGeneration(cfg), (torch.randn(1, 16, 32),), kwargs
 
 
-def _vision_tower(**extra):
-    return dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, **extra)
-
-
 def _clip(tf):
-    cfg = tf.CLIPConfig(text_config=dict(_vision_tower(), vocab_size=100, max_position_embeddings=16),
-                        vision_config=_vision_tower(image_size=32, patch_size=8), projection_dim=16)
+    cfg = tf.CLIPConfig(text_config=dict(_TOWER, vocab_size=100, max_position_embeddings=16),
+                        vision_config=dict(_TOWER, image_size=32, patch_size=8), projection_dim=16)
     # the explained output is logits_per_image (first of the tuple): both towers are in its graph
     return tf.CLIPModel(cfg), (torch.randint(1, 100, (2, 6)),), {"pixel_values": torch.randn(1, 3, 32, 32),
                                                                  "return_dict": False}
 
 
 def _siglip(tf):
-    cfg = tf.SiglipVisionConfig(**_vision_tower(image_size=32, patch_size=8))
+    cfg = tf.SiglipVisionConfig(**_TOWER, image_size=32, patch_size=8)
     return tf.SiglipForImageClassification(tf.SiglipConfig(vision_config=cfg.to_dict(), num_labels=3)), \
         (torch.randn(1, 3, 32, 32),), {}
 
 
 def _siglip2(tf):
-    cfg = tf.Siglip2VisionConfig(**_vision_tower(patch_size=8, num_patches=16))
+    cfg = tf.Siglip2VisionConfig(**_TOWER, patch_size=8, num_patches=16)
     model = tf.Siglip2ForImageClassification(tf.Siglip2Config(vision_config=cfg.to_dict(), num_labels=3))
     kwargs = {"pixel_attention_mask": torch.ones(1, 16, dtype=torch.long), "spatial_shapes": torch.tensor([[4, 4]])}
     return model, (torch.randn(1, 16, 3 * 8 * 8),), kwargs
@@ -194,8 +188,7 @@ def _lora(tf):
     """BERT with LoRA adapters (peft) on its attention projections: a frozen, biased base model plus adapters."""
     import peft
 
-    cfg = tf.BertConfig(**{k: _ENC[k] for k in _ENC if k != "max_position_embeddings"}, max_position_embeddings=32,
-                        num_labels=3)
+    cfg = tf.BertConfig(**dict(_ENC, max_position_embeddings=32), num_labels=3)
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], init_lora_weights=False)
     model = peft.get_peft_model(tf.BertForSequenceClassification(cfg), lora)
     ids = torch.randint(1, 100, (1, HF_SEQ_LEN))

@@ -17,10 +17,6 @@ from .. import saved
 from .base import OpRule, RoutingRule, edge_shape, proportional, register, stabilize
 
 
-def _live(node):
-    return [i for i, (c, _) in enumerate(node.next_functions) if c is not None]
-
-
 @register("AddBackward", "SubBackward", "RsubBackward")
 class AddRule(OpRule):
     """``y = a + alpha * b`` (``SubBackward``: ``a - alpha * b``; ``RsubBackward``: ``b - alpha * a``).

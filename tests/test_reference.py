@@ -89,7 +89,8 @@ OPS = {
     "linear": (1, True), "linear_bias": (1, False), "relu": (1, True), "gelu": (1, True), "tanh": (1, True),
     "add": (2, True), "sub": (2, True), "mul": (2, True), "softmax": (1, False), "layernorm": (1, False),
     "catsplit": (2, True), "stack_unbind": (2, False), "bilinear": (2, False), "permute": (1, True),
-    "residual": (1, True), "slice_pad": (1, False), "sum_expand": (1, True),
+    "residual": (1, True), "slice_pad": (1, False), "sum_expand": (1, True), "slice_write": (2, True),
+    "slice_update": (2, True),
 }
 
 
@@ -140,6 +141,12 @@ class RandomDAG(nn.Module):
                 y = a.view(-1, 2, D // 2).transpose(1, 2).reshape(-1, D)
             elif op == "residual":
                 y = a + torch.relu(a @ w) @ w.t()
+            elif op == "slice_write":  # CopySlices overwriting part of a fresh tensor
+                y = a * 1.0
+                y[:, :3] = b[:, D - 3:]
+            elif op == "slice_update":  # CopySlices adding into a view
+                y = a * 1.0
+                y[:, 2:6] += b[:, :4]
             elif op == "slice_pad":
                 y = torch.cat([a[:, 2:], a[:, :2] * 0.5], 1)
             else:  # sum_expand

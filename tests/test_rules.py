@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dynamiclrp import LRPConfig, NonFiniteRelevanceError, propagate
+from dynamiclrp import ConstantRecorder, LRPConfig, NonFiniteRelevanceError, propagate
 from dynamiclrp.graph import Graph
 from dynamiclrp.saved import op_name
 
@@ -66,6 +66,10 @@ OPS = {
     "topk": ("TopkBackward", lambda h: h.topk(3, dim=1).values, False),
     "sort": ("SortBackward", lambda h: h.sort(dim=-1, descending=True).values, True),
     "index_add": ("IndexAddBackward", lambda h: h.index_add(1, torch.tensor([0, 0, 3]), 2 * h[:, 1:4]), False),
+    "index_put": ("IndexPutBackward", lambda h: h.index_put((torch.tensor([1]), torch.tensor([0, 3])), 2 * h[0, :2]),
+                  True),
+    "index_put_accumulate": ("IndexPutBackward", lambda h: h.index_put(
+        (torch.tensor([0, 1, 1]),), h[:1] * 2, accumulate=True), True),
     "upsample_nearest": ("UpsampleNearest2DBackward", lambda h: F.interpolate(h, scale_factor=2), True),
     "upsample_bilinear": ("UpsampleBilinear2DBackward", lambda h: F.interpolate(h, size=(9, 4), mode="bilinear"),
                           True),
@@ -119,6 +123,34 @@ def test_rule_direct_and_through_a_promise(name):
     assert torch.allclose(r_h2, expected, rtol=1e-8, atol=1e-12)
 
 
+FILLS = {
+    "masked_fill": lambda h: h.masked_fill(h > 1.5, 0.25),
+    "masked_fill_tensor": lambda h: h.masked_fill(h > 1.5, torch.tensor(0.25, dtype=torch.float64)),
+    "where_scalar": lambda h: torch.where(h > 1.0, h, 2.0),
+    "pad_default": lambda h: F.pad(h, (1, 1)),
+    "pad_value": lambda h: F.pad(h, (1, 2, 0, 1), value=3.0),
+}
+
+
+@pytest.mark.parametrize("name", list(FILLS))
+def test_fill_values_recorded_in_the_forward_pass_rebuild_exactly(name):
+    """Fill values autograd does not keep (masked_fill's, where's scalar, padding) are read from the recorded
+    forward pass: the promise that rebuilds ``y`` for ``y + c`` then gives exactly the two-step result, where
+    unrecorded values fail loudly (``UNKNOWN_FILL`` above)."""
+    op, cfg = FILLS[name], LRPConfig(epsilon=1e-12)
+    x, h = _activation()
+    c = (torch.rand_like(op(h).detach()) + 0.5).requires_grad_(True)
+    with ConstantRecorder() as rec:
+        y = op(h)
+        out = y + c
+    (r_h,) = propagate(out, [h], relevance=out.detach(), config=cfg, constants=rec.calls)
+    yd = y.detach()
+    r_y = yd.abs() / (yd.abs() + c.detach().abs()) * out.detach()
+    (expected,) = propagate(op(h), [h], relevance=r_y, config=cfg)
+    assert torch.isfinite(r_h).all()
+    torch.testing.assert_close(r_h, expected, rtol=1e-8, atol=1e-12)
+
+
 def test_interpolation_matches_explicit_matrix():
     """Bilinear interpolation is ``y = L x``; with the matrix ``L`` written out, the abs rule reads
     ``R_x = |x| * L^T (R_y / (L |x|))``."""
@@ -158,3 +190,41 @@ def test_grouped_mm_equals_one_epsilon_rule_per_expert():
         xg, zg = x.detach()[lo:hi], z.detach()[lo:hi]
         expected[lo:hi] = xg * ((zg / (zg + cfg.epsilon * (2 * (zg >= 0) - 1))) @ w.detach()[g].T)
     torch.testing.assert_close(rel, expected)
+
+
+def _attention_einsum(x, q):
+    return torch.einsum("bqk,bkd->bqd", torch.einsum("bqd,bkd->bqk", q, x).softmax(-1), x)
+
+
+def _attention_matmul(x, q):
+    return (q @ x.transpose(1, 2)).softmax(-1) @ x
+
+
+# einsum decomposes into permute/unsqueeze/reshape around bmm (or sum): its relevance must equal that of the same
+# contraction written with matmuls, for linear maps, bilinear attention, a dot product and a three-operand path.
+EINSUM = {
+    "linear": (lambda x, q, w: torch.einsum("bnd,ed->bne", x, w), lambda x, q, w: x @ w.T, "epsilon"),
+    "attention": (lambda x, q, w: _attention_einsum(x, q), lambda x, q, w: _attention_matmul(x, q), "epsilon"),
+    "dot": (lambda x, q, w: torch.einsum("bnd,bnd->bn", x, q), lambda x, q, w: (x * q).sum(-1), "z"),
+    "three_operands": (lambda x, q, w: torch.einsum("bnd,ed,bme->bnm", x, w, q[..., :3]),
+                       lambda x, q, w: (x @ w.T) @ q[..., :3].transpose(1, 2), "epsilon"),
+}
+
+
+@pytest.mark.parametrize("name", list(EINSUM))
+def test_einsum_paths_match_explicit_matmuls(name):
+    path, explicit, add_rule = EINSUM[name]
+    torch.manual_seed(0)
+    x, q = (torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    w = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
+    cfg = LRPConfig(epsilon=1e-12, add_rule="abs" if add_rule == "epsilon" else "z")
+    y, y2 = path(x, q, w), explicit(x, q, w)
+    torch.testing.assert_close(y, y2)
+    assert "BmmBackward" in {op_name(n) for n in Graph.capture(y).order}
+    ours = propagate(y, [x, q], relevance=y.detach(), config=cfg)
+    expected = propagate(y2, [x, q], relevance=y2.detach(), config=cfg)
+    for a, b in zip(ours, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    if name == "linear":  # exact oracle: epsilon-LRP of a bias-free linear map is gradient x input
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(ours[0], grad * x.detach())

@@ -22,12 +22,27 @@ from torch.overrides import TorchFunctionMode
 from . import saved
 
 
+class _InGraph:
+    """Placeholder for an argument that was part of the graph (its value is not kept)."""
+
+    def __repr__(self):
+        return "IN_GRAPH"
+
+
+IN_GRAPH = _InGraph()
+
+
 class Call(NamedTuple):
-    """One recorded call: ``func(*args, **kwargs)`` with graph tensors replaced by ``None``."""
+    """One recorded call: ``func(*args, **kwargs)`` with graph tensors replaced by :data:`IN_GRAPH`.
+
+    ``view`` is set for in-place writes through a view (``x[:, :2].add_(v)``, a ``CopySlices`` node):
+    ``(base size, base stride, view size, view stride, view offset from the base's)``; ``args[0]`` is then the
+    base as it was before the write (if it was not part of the graph)."""
 
     func: object
     args: tuple
     kwargs: dict
+    view: tuple | None = None
 
     def is_one_of(self, *names: str) -> bool:
         """Whether the call was to one of ``names`` (``"add"`` also matches ``add_``, ``__add__``, ``__radd__``,
@@ -40,22 +55,24 @@ class Call(NamedTuple):
 
     def arg(self, position: int, name: str):
         """The argument at ``position`` or keyword ``name`` (``None`` if absent or part of the graph)."""
-        if position < len(self.args):
-            return self.args[position]
-        return self.kwargs.get(name)
-
-
-def _is_number(a) -> bool:
-    return isinstance(a, (int, float)) and not isinstance(a, bool)
+        value = self.args[position] if position < len(self.args) else self.kwargs.get(name)
+        return None if value is IN_GRAPH else value
 
 
 def _constant(a, copy: bool = False):
-    """``a`` with graph tensors replaced by ``None`` (one level into lists and tuples)."""
+    """``a`` with graph tensors replaced by :data:`IN_GRAPH` (one level into lists and tuples)."""
     if isinstance(a, torch.Tensor):
-        return None if a.requires_grad else a.clone() if copy else a
+        return IN_GRAPH if a.requires_grad else a.clone() if copy else a
     if isinstance(a, (list, tuple)):
-        return type(a)(None if isinstance(t, torch.Tensor) and t.requires_grad else t for t in a)
+        return type(a)(IN_GRAPH if isinstance(t, torch.Tensor) and t.requires_grad else t for t in a)
     return a
+
+
+def _writes_in_place(name: str) -> bool:
+    """``add_``, ``__iadd__``, ``__setitem__``: calls that change their first argument."""
+    if name.startswith("__"):
+        return name == "__setitem__" or (name.startswith("__i") and name not in ("__init__", "__index__"))
+    return name.endswith("_")
 
 
 #: how many autograd nodes of one call may share its recorded constants (composite ops make a few)
@@ -75,7 +92,8 @@ class ConstantRecorder(TorchFunctionMode):
     ----------
     calls : dict
         ``grad_fn -> Call``: the called function and its arguments, where every tensor that is part of the graph
-        (requires grad) is replaced by ``None`` -- activations are never kept.
+        (requires grad) is replaced by :data:`IN_GRAPH` -- activations are never kept. In-place writes through a
+        view (``CopySlices``) also keep the view's geometry and a copy of a base that was not in the graph.
     """
 
     def __init__(self, token_ids=()):
@@ -86,23 +104,45 @@ class ConstantRecorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        if all(t.requires_grad for t in tensors) and not any(_is_number(a) for a in args):
-            return func(*args, **kwargs)
         func_name = getattr(func, "__name__", "")
-        inplace = func_name.endswith("_")
+        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        grads = [t.requires_grad for t in tensors]
+        inplace = _writes_in_place(func_name) and bool(args) and isinstance(args[0], torch.Tensor)
+        if not any(grads) and not (self.token_ids and func_name == "embedding"):
+            return func(*args, **kwargs)  # makes no graph node
+        if not inplace and all(isinstance(a, torch.Tensor) and a.requires_grad or a is None
+                               for a in (*args, *kwargs.values())):
+            return func(*args, **kwargs)  # every argument is in the graph: nothing to record
         # read before the call: an in-place op turns its constant ``self`` into a graph tensor (and changes it)
         call = Call(func, tuple(_constant(a, copy=inplace and k == 0) for k, a in enumerate(args)),
                     {key: _constant(v) for key, v in kwargs.items()})
+        written = args[0] if inplace else None
+        if inplace and written._is_view():
+            call, written = self._through_view(call, written)
+        before = written.grad_fn if inplace else None
         arg_nodes = {t.grad_fn for t in tensors if t.grad_fn is not None}
-        out = func(*args, **kwargs)
-        if self.token_ids and func_name == "embedding" and not out.requires_grad:
-            self._lift(args[0], out)
-        first = out[0] if isinstance(out, (tuple, list)) and out else out
+        result = made = func(*args, **kwargs)
+        if self.token_ids and func_name == "embedding" and not result.requires_grad:
+            self._lift(args[0], result)
+        if inplace:  # the node is on the tensor written into (``x[i] = v`` returns nothing)
+            if written.grad_fn is not before and saved.op_name(written.grad_fn) == "CopySlices":
+                self.calls.setdefault(written.grad_fn, call)
+                return result
+            made = written
+        first = made[0] if isinstance(made, (tuple, list)) and made else made
         if isinstance(first, torch.Tensor) and first.grad_fn is not None and first.grad_fn not in self.calls:
             for node in _nodes_of_call(first.grad_fn, arg_nodes):
                 self.calls.setdefault(node, call)
-        return out
+        return result
+
+    @staticmethod
+    def _through_view(call, target):
+        """``call`` writing into the view ``target``: keep its base (a copy, unless the base is in the graph)
+        and the view's geometry, for ``CopySlices``."""
+        base = target._base
+        view = (tuple(base.shape), base.stride(), tuple(target.shape), target.stride(),
+                target.storage_offset() - base.storage_offset())
+        return call._replace(args=(_constant(base, copy=True),) + call.args[1:], view=view), base
 
     def lifted_for(self, ids) -> list:
         """The lifted embedding outputs of the integer input ``ids``."""
@@ -119,17 +159,21 @@ class ConstantRecorder(TorchFunctionMode):
                 return
 
 
+_OWN_CALLS = ("AccumulateGrad", "CopySlices")
+
+
 def _nodes_of_call(root, argument_nodes, limit: int = _MAX_NODES_PER_CALL) -> list:
     """The autograd nodes one call created: from its result's ``grad_fn`` down to its arguments' nodes
     (``F.linear`` on a 3-D input makes ``view -> addmm -> view``). Stops at leaves and after ``limit`` nodes."""
     found, stack = [], [root]
     while stack and len(found) < limit:
         node = stack.pop()
-        if node in found:
+        if node in found or saved.op_name(node) in _OWN_CALLS:
             continue
         found.append(node)
         for child, _slot in node.next_functions:
-            if child is not None and child not in argument_nodes and saved.op_name(child) != "AccumulateGrad":
+            # CopySlices: an in-place write inside the call, recorded by itself or not at all
+            if child is not None and child not in argument_nodes and saved.op_name(child) not in _OWN_CALLS:
                 stack.append(child)
     return found
 

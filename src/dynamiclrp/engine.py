@@ -92,6 +92,8 @@ class Engine:
         for node in graph.order:
             name = saved.op_name(node)
             rule = None if name == _LEAF else lookup(node, config.rule_overrides)
+            if rule is not None:
+                rule = rule.specialize(node, self.constants.get(node))
             if rule is None and name != _LEAF:
                 unsupported.setdefault(saved.full_name(node), []).append(None)
             nslots = 1 if name == _LEAF else saved.num_outputs(node)

@@ -58,9 +58,9 @@ def reference_propagate(output, inputs, values: dict, relevance=None, config: LR
            for node in graph.order}
     rel[graph.root][output.output_nr] = output.detach() if relevance is None else relevance
     total = {}
-
-    def rule_of(node):
-        return None if saved.op_name(node) == "AccumulateGrad" else lookup(node, config.rule_overrides)
+    constants = constants or {}
+    rules = {node: lookup(node, config.rule_overrides).specialize(node, constants.get(node))
+             for node in graph.order if saved.op_name(node) != "AccumulateGrad"}
 
     with torch.no_grad():
         for node in graph.order:
@@ -68,13 +68,13 @@ def reference_propagate(output, inputs, values: dict, relevance=None, config: LR
             total[node] = slots
             if saved.op_name(node) == "AccumulateGrad":
                 continue
-            rule = lookup(node, config.rule_overrides)
+            rule = rules[node]
             operands = list(rule.known_inputs(node))
             for i, (child, slot) in enumerate(graph.edges[node]):
                 if operands[i] is None and child is not None:
                     operands[i] = (saved.leaf_variable(child) if saved.op_name(child) == "AccumulateGrad"
                                    else values.get((child, slot)))
-            fill_constants(graph, node, rule, operands, constants or {}, rule_of)
+            fill_constants(graph, node, rule, operands, constants, rules.get)
             ctx = RuleContext(node, rule, operands, slots, config, graph, want_params)
             for (child, slot), r in zip(graph.edges[node], rule.relevance(ctx)):
                 if child is not None and r is not None:

@@ -127,6 +127,13 @@ class OpRule:
     def forward_needs(self, node) -> Sequence[int]:
         return range(len(node.next_functions))
 
+    def specialize(self, node, call) -> "OpRule":
+        """The rule for this very node, given the forward call that made it (a
+        :class:`~dynamiclrp.constants.Call`, ``None`` if none was recorded). Most ops are fully described by their
+        node, so this is ``self``; an op whose node does not say what it computed (``CopySlices``: which in-place
+        op wrote into a view) returns a rule bound to the call. Called once per node, before propagation."""
+        return self
+
     def absorbable_constants(self, node) -> Sequence[int]:
         """Edges that are *additive* constants (attention masks, ALiBi biases) which the engine may treat as a
         bias absorbed by a softmax downstream when autograd kept neither them nor the sum (see

@@ -105,6 +105,53 @@ class IndexAddRule(OpRule):
         return [o if ctx.has_edge(i) else None for i, o in enumerate(out)]
 
 
+@register("IndexPutBackward")
+class IndexPutRule(OpRule):
+    """``y = x.index_put(indices, v, accumulate)`` (``x[idx] = v`` with tensor indices, boolean masks).
+
+    * ``accumulate=False`` (an overwrite): routing. ``R_v`` is ``R_y`` at the written positions (summed where
+      ``v`` was broadcast), ``R_x`` is ``R_y`` elsewhere; a constant written absorbs its positions' relevance.
+    * ``accumulate=True``: ``y[idx] = x[idx] + sum of the v written there``, shared proportionally as
+      :class:`IndexAddRule`: weights ``|x|``, ``|v|`` (abs rule) or ``x``, ``v`` over ``stab(y)`` (z rule).
+    """
+
+    def _indices(self, node) -> list:
+        return list(saved.get(node, "indices"))
+
+    def needs(self, node, graph):
+        return (0, 1) if saved.get(node, "accumulate") else ()
+
+    def constant_edges(self, node, call):  # x[idx] = v, x.index_put_(indices, values, accumulate)
+        if call.is_one_of("setitem"):
+            return {0: call.arg(0, "input"), 1: call.arg(2, "value")}
+        if call.is_one_of("index_put"):
+            return {0: call.arg(0, "input"), 1: call.arg(2, "values")}
+        return {}
+
+    def forward(self, node, inputs):
+        x, v = inputs
+        return (torch.ops.aten.index_put(x, self._indices(node), v.to(x.dtype), saved.get(node, "accumulate")),)
+
+    def relevance(self, ctx):
+        node, r = ctx.node, ctx.relevance[0]
+        if not saved.get(node, "accumulate"):
+            grads = ctx.vjp(r)
+            return [g if ctx.has_edge(i) else None for i, g in enumerate(grads)]
+        x, v = ctx.inputs
+        indices = self._indices(node)
+        place = torch.ops.aten.index.Tensor(x, indices).shape
+        v = v.to(r.dtype).expand(place)
+        if ctx.config.add_rule == "z":
+            wx, wv = x, v
+            den = stabilize(torch.ops.aten.index_put(x, indices, v, True), ctx.config.epsilon)
+        else:
+            wx, wv = x.abs() + torch.finfo(r.dtype).tiny, v.abs()
+            den = torch.ops.aten.index_put(wx, indices, wv, True)
+        ratio = r / den
+        out = [wx * ratio, (wv * torch.ops.aten.index.Tensor(ratio, indices)).sum_to_size(edge_shape(ctx, 1))]
+        return [o if ctx.has_edge(i) else None for i, o in enumerate(out)]
+
+
 class LinearSumRule(OpRule):
     """Base of one-input sums ``y = L(x)`` with ``L`` linear and positive (sum, mean, average pooling...):
     ``R_x = c * L^T(R_y / L(c))`` with ``c = |x|`` (abs rule) or ``c = x`` and a stabilised denominator (z rule);

@@ -218,16 +218,38 @@ class MaxPoolRule(RoutingRule):
         return (fn(x, **kwargs),)
 
 
+class _FillRule(RoutingRule):
+    """A routing op that writes a Python scalar autograd does not keep (``fill``): read from the recorded call
+    when there is one (:meth:`specialize`), else :data:`UNKNOWN`."""
+
+    def __init__(self, fill=UNKNOWN):
+        self.fill = fill
+
+    def recorded_fill(self, call):
+        """The scalar the call filled in, or ``None`` (not this op, or a tensor value, which is an edge)."""
+        return None
+
+    def specialize(self, node, call):
+        value = None if call is None else self.recorded_fill(call)
+        return type(self)(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else self
+
+
 @register("MaskedFillBackward")
-class MaskedFillRule(RoutingRule):
+class MaskedFillRule(_FillRule):
     """``y = x.masked_fill(mask, v)``: unmasked entries keep their relevance, filled entries have none.
 
-    The fill value of the scalar overload is not saved by autograd; forward recomputation marks those entries
-    as unknown (NaN), which only exact-zero relevance paths (e.g. a softmax weight of 0) may consume.
+    Autograd keeps no scalar ``v``: it is read from the forward pass; unrecorded, forward recomputation marks
+    those entries as unknown (NaN), which only exact-zero relevance paths (e.g. a softmax weight of 0) may consume.
     """
 
+    def recorded_fill(self, call):
+        return call.arg(2, "value") if call.is_one_of("masked_fill") else None
+
+    def constant_edges(self, node, call):  # a constant 0-dim tensor value is an edge
+        return {1: call.arg(2, "value")} if len(node.next_functions) == 2 and call.is_one_of("masked_fill") else {}
+
     def forward(self, node, inputs):
-        value = inputs[1] if len(inputs) > 1 and inputs[1] is not None else UNKNOWN
+        value = inputs[1] if len(inputs) > 1 and inputs[1] is not None else self.fill
         return (inputs[0].masked_fill(saved.get(node, "mask"), value),)
 
     def forward_needs(self, node):
@@ -238,8 +260,12 @@ class MaskedFillRule(RoutingRule):
 class WhereRule(RoutingRule):
     """``y = where(cond, a, b)``: each entry's relevance goes to the operand it was taken from.
 
-    A constant operand autograd did not save is recomputed as unknown (NaN), see :class:`MaskedFillRule`.
+    A constant operand autograd did not save is read from the forward pass; unrecorded, it is recomputed as
+    unknown (NaN), see :class:`MaskedFillRule`.
     """
+
+    def constant_edges(self, node, call):  # torch.where(condition, input, other)
+        return {0: call.arg(1, "input"), 1: call.arg(2, "other")} if call.is_one_of("where") else {}
 
     def forward(self, node, inputs):
         cond = saved.get(node, "condition")
@@ -252,12 +278,21 @@ class WhereRule(RoutingRule):
 
 
 @register("ConstantPadNdBackward")
-class ConstantPadRule(RoutingRule):
-    """``y = pad(x, pad, value)``: interior entries keep their relevance; padding has none. The pad value is not
-    saved, so recomputed padding is marked unknown (NaN)."""
+class ConstantPadRule(_FillRule):
+    """``y = pad(x, pad, value)``: interior entries keep their relevance; padding has none. Autograd keeps no pad
+    value: it is read from the forward pass; unrecorded, recomputed padding is marked unknown (NaN)."""
+
+    def recorded_fill(self, call):
+        if call.is_one_of("pad"):  # F.pad(input, pad, mode="constant", value=None): None means 0
+            value = call.arg(3, "value")
+        elif call.is_one_of("constant_pad_nd"):
+            value = call.arg(2, "value")
+        else:
+            return None
+        return 0.0 if value is None else value
 
     def forward(self, node, inputs):
-        return (F.pad(inputs[0], list(saved.get(node, "pad")), value=UNKNOWN),)
+        return (F.pad(inputs[0], list(saved.get(node, "pad")), value=self.fill),)
 
 
 @register("Im2ColBackward")

@@ -3,7 +3,9 @@
     .venv/bin/python benchmarks/speed.py [--repeat 5]
 
 Prints one row per model: median seconds per explanation, ratio to gradient x input, and Zennit where it applies
-(CNNs). Peak memory is the growth of the process's peak RSS during the method's runs (coarse, CPU only).
+(CNNs). Peak memory is the growth of the process's peak RSS during the method's runs (coarse, CPU only). The
+last column is the cost of recording constants (``ConstantRecorder``, part of every explanation): a forward pass
+under the recorder over a plain forward pass with grad.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import conftest  # noqa: E402,F401  (torchvision op-schema shim)
 import torchvision  # noqa: E402
 import transformers  # noqa: E402
 
-from dynamiclrp import LRP  # noqa: E402
+from dynamiclrp import LRP, ConstantRecorder  # noqa: E402
 
 
 def _timed(fn, repeat):
@@ -36,6 +38,14 @@ def _timed(fn, repeat):
 
 def _peak_kib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def forward_with_grad(model, x, record=False):
+    x = x.detach().requires_grad_()
+    if not record:
+        return model(x)
+    with ConstantRecorder():
+        return model(x)
 
 
 def grad_x_input(model, x, target):
@@ -76,7 +86,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     print(f"{'model':<20} {'grad*input s':>13} {'dynamiclrp s':>13} {'ratio':>7} {'zennit s':>9} {'ratio':>7} "
-          f"{'peak +MiB':>9}")
+          f"{'peak +MiB':>9} {'recorder':>8}")
     target = 1
     for name, model, x, cnn in models():
         lrp = LRP(model)
@@ -86,8 +96,10 @@ def main(argv=None):
         t_lrp = _timed(lambda lrp=lrp, x=x, t=lrp_target: lrp.attribute(x, target=t), args.repeat)
         peak = (_peak_kib() - before) / 1024
         t_zen = _timed(lambda m=model, x=x: zennit_epsilon(m, x, target), args.repeat) if cnn else float("nan")
+        t_fwd = _timed(lambda m=model, x=x: forward_with_grad(m, x), args.repeat)
+        t_rec = _timed(lambda m=model, x=x: forward_with_grad(m, x, record=True), args.repeat)
         print(f"{name:<20} {t_grad:>13.4f} {t_lrp:>13.4f} {t_lrp / t_grad:>7.1f} {t_zen:>9.4f} "
-              f"{t_zen / t_grad:>7.1f} {peak:>9.1f}")
+              f"{t_zen / t_grad:>7.1f} {peak:>9.1f} {t_rec / t_fwd:>7.2f}x")
 
 
 if __name__ == "__main__":

@@ -216,6 +216,18 @@ def test_build_rejects_bad_specs():
         build("no/such/file.py:factory")
 
 
+def test_build_is_seeded_and_leaves_the_callers_random_state_alone():
+    """The same spec builds the same weights and inputs (so the README table regenerates identically), and the
+    caller's random stream continues as if nothing had been built."""
+    state = torch.random.get_rng_state()
+    (m1, i1, _), (m2, i2, _) = build("hf:gpt2"), build("hf:gpt2")
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(i1[0], i2[0])
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    m3, _, _ = build("hf:gpt2", seed=1)
+    assert not torch.equal(m1.lm_head.weight, m3.lm_head.weight)
+
+
 @pytest.mark.parametrize("name", ["gpt2", "bert", "llama"])
 def test_hf_models_from_config_are_fully_covered(name):
     model, inputs, kwargs = build(f"hf:{name}")

@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from dynamiclrp import ConstantRecorder, LRPConfig, NonFiniteRelevanceError, propagate
+from dynamiclrp.api import seed_relevance
+from dynamiclrp.engine import Engine
 from dynamiclrp.graph import Graph
-from dynamiclrp.saved import op_name
+from dynamiclrp.saved import num_outputs, op_name
 
 # name -> (autograd node expected in the graph, op applied to a [2, 4, 6, 6] activation h, conservative?)
 OPS = {
@@ -228,3 +230,46 @@ def test_einsum_paths_match_explicit_matmuls(name):
     if name == "linear":  # exact oracle: epsilon-LRP of a bias-free linear map is gradient x input
         (grad,) = torch.autograd.grad(y.sum(), x)
         torch.testing.assert_close(ours[0], grad * x.detach())
+
+
+def test_all_zero_addends_split_evenly_and_zero_addends_get_exactly_nothing():
+    """Abs rule edge cases, exact: where every addend is zero the relevance is split evenly among them; a zero
+    addend beside non-zero ones gets exactly 0 (no tiny numbers, which would turn into slow subnormals)."""
+    cfg = LRPConfig(epsilon=1e-12)
+    t = torch.tensor
+    a, b = t([0.0, 0.0, 0.0], requires_grad=True), t([0.0, 2.0, -1.0], requires_grad=True)
+    ra, rb = propagate(a + b, [a, b], relevance=t([1.0, 1.0, 1.0]), config=cfg)
+    assert ra.tolist() == [0.5, 0.0, 0.0] and rb.tolist() == [0.5, 1.0, 1.0]
+
+    x = t([[0.0, 0.0, 0.0], [0.0, 1.0, -3.0]], requires_grad=True)
+    (rx,) = propagate(x.sum(1), [x], relevance=t([3.0, 4.0]), config=cfg)
+    assert rx.tolist() == [[1.0, 1.0, 1.0], [0.0, 1.0, 3.0]]
+
+    c = t([0.0, 0.0, 2.0], requires_grad=True)
+    (rc,) = propagate(c.cumsum(0), [c], relevance=t([1.0, 2.0, 4.0]), config=cfg)
+    assert rc.tolist() == [2.0, 1.0, 4.0]
+
+    base, src = torch.zeros(3, requires_grad=True), t([0.0, 5.0], requires_grad=True)
+    y = base.index_add(0, t([0, 1]), src)
+    rbase, rsrc = propagate(y, [base, src], relevance=t([2.0, 5.0, 3.0]), config=cfg)
+    assert rbase.tolist() == [1.0, 0.0, 3.0] and rsrc.tolist() == [1.0, 5.0]
+
+
+def test_relu_network_relevance_has_no_subnormal_numbers():
+    """ReLU zeros meet residual additions and pooling sums everywhere in a ResNet; no relevance at any node may
+    be a subnormal float (such values are meaningless here and 10-100x slower to compute with on CPUs)."""
+    from dynamiclrp.zoo import ensure_torchvision_importable
+
+    ensure_torchvision_importable()
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().eval()
+    out = model(torch.randn(1, 3, 32, 32, requires_grad=True))
+    graph = Graph.capture(out)
+    taps = [(n, k) for n in graph.order for k in range(1 if op_name(n) == "AccumulateGrad" else num_outputs(n))]
+    result = Engine(graph, LRPConfig(), taps=taps).run(seed_relevance(out, 1))
+    tiny = torch.finfo(torch.float32).tiny
+    subnormal = {op_name(n) for (n, _k), r in result.taps.items()
+                 if r is not None and bool(((r != 0) & (r.abs() < tiny)).any())}
+    assert not subnormal, subnormal

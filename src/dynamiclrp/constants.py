@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.utils._pytree as pytree
 from torch.overrides import TorchFunctionMode
 
 from . import saved
@@ -68,6 +67,22 @@ def _constant(a, copy: bool = False):
     return a
 
 
+_DICT_VALUES = type({}.values())
+
+
+def _tensors(tree, found=None) -> list:
+    """The tensors in nested tuples, lists and dict values (what torch functions take), in order."""
+    found = [] if found is None else found
+    for a in tree:
+        if isinstance(a, torch.Tensor):
+            found.append(a)
+        elif isinstance(a, (list, tuple, _DICT_VALUES)):
+            _tensors(a, found)
+        elif isinstance(a, dict):
+            _tensors(a.values(), found)
+    return found
+
+
 def _writes_in_place(name: str) -> bool:
     """``add_``, ``__iadd__``, ``__setitem__``: calls that change their first argument."""
     if name.startswith("__"):
@@ -105,7 +120,7 @@ class ConstantRecorder(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         func_name = getattr(func, "__name__", "")
-        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        tensors = _tensors((args, kwargs.values()))
         grads = [t.requires_grad for t in tensors]
         inplace = _writes_in_place(func_name) and bool(args) and isinstance(args[0], torch.Tensor)
         if not any(grads) and not (self.token_ids and func_name == "embedding"):

@@ -23,7 +23,7 @@ from .errors import NonFiniteRelevanceError, UnrecoverableValueError, Unsupporte
 from .graph import Graph
 from .promise import Branch, ChainStep, Promise
 from .rules import RuleContext, lookup
-from .rules.base import FallbackRule
+from .rules.base import FallbackRule, all_finite
 
 _LEAF = "AccumulateGrad"
 
@@ -122,7 +122,7 @@ class Engine:
 
         Half and bfloat16 graphs are explained in float32 (relevances accumulate in float32; operands are cast
         where rules use them), so results stay close to a float32 run on the same weights."""
-        if not bool(torch.isfinite(seed).all()):
+        if not all_finite(seed):
             raise NonFiniteRelevanceError("the starting relevance (the model output at the target) is not finite")
         if seed.dtype in (torch.float16, torch.bfloat16):
             self.compute_dtype = torch.float32
@@ -376,10 +376,10 @@ class Engine:
         rins = list(s.rule.relevance(ctx))
         if self.config.check_finite:
             for i, r in enumerate(rins):
-                if r is not None and not bool(torch.isfinite(r).all()):
+                if r is not None and not all_finite(r):
                     raise NonFiniteRelevanceError(
                         f"relevance became NaN/Inf at {saved.full_name(u)} (input {i}); its output relevance was "
-                        f"{'finite' if all(bool(torch.isfinite(x).all()) for x in rel) else 'already non-finite'}"
+                        f"{'finite' if all(all_finite(x) for x in rel) else 'already non-finite'}"
                     )
         return rins
 

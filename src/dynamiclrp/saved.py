@@ -4,6 +4,7 @@ Everything else in dynamiclrp asks this module, so a change of PyTorch internals
 """
 from __future__ import annotations
 
+import functools
 import re
 
 import torch
@@ -15,7 +16,12 @@ _MISSING = object()
 
 def op_name(node) -> str:
     """Autograd node name without its overload digit: ``AddmmBackward0`` -> ``AddmmBackward``."""
-    return _VERSION_DIGIT.sub("", type(node).__name__)
+    return _short_name(type(node))
+
+
+@functools.lru_cache(maxsize=4096)
+def _short_name(node_type) -> str:
+    return _VERSION_DIGIT.sub("", node_type.__name__)
 
 
 def full_name(node) -> str:

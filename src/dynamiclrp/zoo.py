@@ -339,7 +339,8 @@ def _user(target: str, shape):
 BUILDERS = {"torchvision": _torchvision, "timm": _timm, "hf": _hf}
 
 
-def build(spec: str, input_shape: str | Sequence[int] | None = None) -> tuple[nn.Module, tuple, dict]:
+def build(spec: str, input_shape: str | Sequence[int] | None = None, seed: int | None = 0,
+          ) -> tuple[nn.Module, tuple, dict]:
     """Build a model with random weights and example inputs from a spec, offline.
 
     Parameters
@@ -350,6 +351,9 @@ def build(spec: str, input_shape: str | Sequence[int] | None = None) -> tuple[nn
         ``(model, inputs)``, or ``(model, inputs, forward_kwargs)``.
     input_shape : str or sequence of int, optional
         Shape of the example input, e.g. ``"1,3,32,32"``; overrides the default (token ids for ``hf:``).
+    seed : int or None
+        Seed of the random weights and inputs (the same spec and seed build the same model; the caller's random
+        state is left as it was). ``None``: draw from the caller's random state.
 
     Returns
     -------
@@ -360,7 +364,14 @@ def build(spec: str, input_shape: str | Sequence[int] | None = None) -> tuple[nn
     forward_kwargs : dict
         Extra keyword arguments of the forward call (attention masks, decoder inputs...).
     """
-    shape = parse_shape(input_shape)
+    if seed is None:
+        return _build(spec, parse_shape(input_shape))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(spec, parse_shape(input_shape))
+
+
+def _build(spec: str, shape):
     prefix, sep, name = spec.partition(":")
     if sep and prefix in BUILDERS:
         if not name:

@@ -6,6 +6,7 @@ compiled plan can replay it.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -159,6 +160,12 @@ class OpRule:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+def all_finite(t: Tensor) -> bool:
+    """Whether every entry of ``t`` is finite. A finite sum proves it (NaN and Inf poison a sum) at a fraction of
+    the cost of an elementwise test, which only a sum that overflowed needs."""
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (Zennit's stabiliser): never zero, keeps the sign."""
     return z + epsilon * ((z >= 0).to(z.dtype) * 2 - 1)
@@ -176,10 +183,10 @@ def unbroadcast(t: Tensor | None, shape) -> Tensor | None:
 
 def proportional(contributions: Sequence[Tensor | None], out_relevance: Tensor, signed: bool, epsilon: float,
                  shapes: Sequence) -> list:
-    """Split ``out_relevance`` among additive contributions ``c_i`` (already broadcast to the output shape).
+    """Split ``out_relevance`` among additive contributions ``c_i`` (each broadcasting to the output shape).
 
-    ``signed=False``: ``R_i = |c_i| / sum_j |c_j| * R`` (the paper's rule; an all-zero denominator splits evenly).
-    ``signed=True``: ``R_i = c_i / stab(sum_j c_j) * R`` (the z-rule).
+    ``signed=False``: ``R_i = |c_i| / sum_j |c_j| * R`` (the paper's rule; where every addend is zero, the
+    relevance is split evenly). ``signed=True``: ``R_i = c_i / stab(sum_j c_j) * R`` (the z-rule).
     Results are summed back to each operand's shape.
     """
     present = [c for c in contributions if c is not None]
@@ -187,12 +194,15 @@ def proportional(contributions: Sequence[Tensor | None], out_relevance: Tensor, 
         den = stabilize(sum(present), epsilon)
         weights = contributions
     else:
-        tiny = torch.finfo(out_relevance.dtype).tiny
-        weights = [None if c is None else c.abs() + tiny for c in contributions]
+        weights = [None if c is None else c.abs() for c in contributions]
         den = sum(w for w in weights if w is not None)
+        empty = den == 0
+        if bool(empty.any()):  # all addends zero: weight 1 each (an exact even split, no tiny numbers)
+            weights = [None if w is None else w + empty for w in weights]
+            den = den + len(present) * empty
     ratio = out_relevance / den
     shares = [None if w is None else w * ratio for w in weights]
-    if not all(bool(torch.isfinite(t).all()) for t in shares if t is not None):
+    if not all(all_finite(t) for t in shares if t is not None):
         # entries recomputed as unknown (see rules.shape.UNKNOWN) may only meet exactly zero relevance
         zero = out_relevance == 0
         shares = [None if t is None else torch.where(zero, torch.zeros((), dtype=t.dtype), t) for t in shares]

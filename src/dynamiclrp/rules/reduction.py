@@ -98,8 +98,12 @@ class IndexAddRule(OpRule):
             wx, ws = x, src
             den = stabilize(x.index_add(dim, index, src), ctx.config.epsilon)
         else:
-            wx, ws = x.abs() + torch.finfo(r.dtype).tiny, src.abs()
+            wx, ws = x.abs(), src.abs()
             den = wx.index_add(dim, index, ws)
+            empty = den == 0
+            if bool(empty.any()):  # all addends zero: an even split
+                wx, ws = wx + empty, ws + empty.index_select(dim, index)
+                den = wx.index_add(dim, index, ws)
         ratio = r / den
         out = [wx * ratio, ws * ratio.index_select(dim, index)]
         return [o if ctx.has_edge(i) else None for i, o in enumerate(out)]
@@ -145,8 +149,12 @@ class IndexPutRule(OpRule):
             wx, wv = x, v
             den = stabilize(torch.ops.aten.index_put(x, indices, v, True), ctx.config.epsilon)
         else:
-            wx, wv = x.abs() + torch.finfo(r.dtype).tiny, v.abs()
+            wx, wv = x.abs(), v.abs()
             den = torch.ops.aten.index_put(wx, indices, wv, True)
+            empty = den == 0
+            if bool(empty.any()):  # all addends zero: an even split
+                wx, wv = wx + empty, wv + torch.ops.aten.index.Tensor(empty, indices)
+                den = torch.ops.aten.index_put(wx, indices, wv, True)
         ratio = r / den
         out = [wx * ratio, (wv * torch.ops.aten.index.Tensor(ratio, indices)).sum_to_size(edge_shape(ctx, 1))]
         return [o if ctx.has_edge(i) else None for i, o in enumerate(out)]
@@ -155,19 +163,29 @@ class IndexPutRule(OpRule):
 class LinearSumRule(OpRule):
     """Base of one-input sums ``y = L(x)`` with ``L`` linear and positive (sum, mean, average pooling...):
     ``R_x = c * L^T(R_y / L(c))`` with ``c = |x|`` (abs rule) or ``c = x`` and a stabilised denominator (z rule);
-    ``L^T`` is the node's own backward, so any positive scaling inside ``L`` cancels."""
+    ``L^T`` is the node's own backward, so any positive scaling inside ``L`` cancels. With the abs rule, an output
+    whose addends are all zero splits its relevance evenly among them: ``L^T(R_y / L(1))``."""
 
     def needs(self, node, graph):
         return (0,)
 
     def relevance(self, ctx):
-        x = ctx.inputs[0]
+        x, r = ctx.inputs[0], ctx.relevance[0]
         if ctx.config.add_rule == "z":
             c, den = x, stabilize(self.forward(ctx.node, [x])[0], ctx.config.epsilon)
-        else:
-            c = x.abs() + torch.finfo(x.dtype).tiny
-            den = self.forward(ctx.node, [c])[0]
-        return [c * ctx.vjp(ctx.relevance[0] / den)[0]]
+            return [c * ctx.vjp(r / den)[0]]
+        c = x.abs()
+        den = self.forward(ctx.node, [c])[0]
+        empty = den == 0
+        if not bool(empty.any()):
+            return [c * ctx.vjp(r / den)[0]]
+        # outputs whose addends are all zero: their relevance is split evenly (``L(1)`` counts the weights)
+        rel = c * ctx.vjp(torch.where(empty, 0, r / torch.where(empty, 1, den)))[0]
+        rest = torch.where(empty, r, 0)
+        if bool(rest.any()):
+            count = self.forward(ctx.node, [torch.ones_like(c)])[0]
+            rel = rel + (c == 0) * ctx.vjp(rest / torch.where(empty, count, 1))[0]
+        return [rel]
 
 
 @register("SumBackward")

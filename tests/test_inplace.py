@@ -191,3 +191,28 @@ def test_graph_stays_usable_after_explaining_in_place_writes():
     out[:, 1].sum().backward()
     expected = torch.autograd.grad(model(x.clone().requires_grad_(True))[:, 1].sum(), model.lin.weight)[0]
     torch.testing.assert_close(model.lin.weight.grad, expected)
+
+
+def test_scatter_add_matches_index_add_and_scatter_reduce_a_loop_oracle():
+    """``scatter_add`` along rows is ``index_add``; ``scatter_reduce(..., "sum", include_self=False)`` leaves
+    ``x`` out of written rows: each row's relevance is shared ``|c| / sum |c|`` among its addends only."""
+    x, v = leaves((5, 3), (4, 3))
+    idx = torch.tensor([0, 2, 2, 4])
+    rows = idx[:, None].expand(4, 3)
+    a, _ = explain(lambda x, v: x.index_add(0, idx, v), x, v)
+    b, _ = explain(lambda x, v: x.scatter_add(0, rows, v), x, v)
+    assert_same(a, b)
+
+    (rx, rv), y = explain(lambda x, v: x.scatter_reduce(0, rows, v, "sum", include_self=False), x, v)
+    ex, ev = torch.zeros_like(x), torch.zeros_like(v)
+    for i in range(5):
+        for j in range(3):
+            terms = [(k, v[k, j].item()) for k in range(4) if idx[k] == i] or [(None, x[i, j].item())]
+            total = sum(abs(c) for _, c in terms)
+            for k, c in terms:
+                if k is None:
+                    ex[i, j] += abs(c) / total * y[i, j].item()
+                else:
+                    ev[k, j] += abs(c) / total * y[i, j].item()
+    torch.testing.assert_close(rx, ex)
+    torch.testing.assert_close(rv, ev)

@@ -11,6 +11,9 @@ from dynamiclrp.engine import Engine
 from dynamiclrp.graph import Graph
 from dynamiclrp.saved import num_outputs, op_name
 
+SCATTER_INDEX = torch.tensor([[0, 5, 7], [1, 3, 9]])
+SCATTER_INDEX_TWICE = torch.tensor([[0, 5, 5], [9, 3, 9]])
+
 # name -> (autograd node expected in the graph, op applied to a [2, 4, 6, 6] activation h, conservative?)
 OPS = {
     "view": ("ViewBackward", lambda h: h.view(2, -1), True),
@@ -72,6 +75,19 @@ OPS = {
                   True),
     "index_put_accumulate": ("IndexPutBackward", lambda h: h.index_put(
         (torch.tensor([0, 1, 1]),), h[:1] * 2, accumulate=True), True),
+    "masked_scatter": ("MaskedScatterBackward", lambda h: h.masked_scatter(h > 1.0, 2 * h), True),
+    "index_copy": ("IndexCopyBackward", lambda h: h.index_copy(1, torch.tensor([0, 2]), 2 * h[:, 1:3]), True),
+    "index_fill": ("IndexFillBackward", lambda h: h.index_fill(1, torch.tensor([0, 2]), 0.5), False),
+    "scatter": ("ScatterBackward", lambda h: h.flatten(1).scatter(1, SCATTER_INDEX, 2 * h.flatten(1)[:, 10:13]),
+                True),
+    "scatter_value": ("ScatterBackward", lambda h: h.flatten(1).scatter(1, SCATTER_INDEX, 0.5), False),
+    "scatter_add": ("ScatterAddBackward", lambda h: h.flatten(1).scatter_add(1, SCATTER_INDEX_TWICE,
+                                                                           2 * h.flatten(1)[:, 10:13]), True),
+    "scatter_reduce_sum": ("ScatterReduceBackward", lambda h: h.flatten(1).scatter_reduce(
+        1, SCATTER_INDEX_TWICE, 2 * h.flatten(1)[:, 10:13], "sum", include_self=False), True),
+    "scatter_reduce_amax": ("ScatterReduceBackward", lambda h: h.flatten(1).scatter_reduce(
+        1, SCATTER_INDEX_TWICE, 2 * h.flatten(1)[:, 10:13], "amax"), True),
+    "zero": ("ZeroBackward", lambda h: (h * 1).zero_() + h[:, :1], False),
     "upsample_nearest": ("UpsampleNearest2DBackward", lambda h: F.interpolate(h, scale_factor=2), True),
     "upsample_bilinear": ("UpsampleBilinear2DBackward", lambda h: F.interpolate(h, size=(9, 4), mode="bilinear"),
                           True),
@@ -92,7 +108,7 @@ def _activation():
 
 # Ops whose fill value autograd does not keep: recomputed entries are NaN-marked, and an add that consumes them
 # must fail loudly rather than return a number built on a guess.
-UNKNOWN_FILL = {"masked_fill", "pad"}
+UNKNOWN_FILL = {"masked_fill", "pad", "index_fill", "scatter_value"}
 
 
 @pytest.mark.parametrize("name", list(OPS))
@@ -131,6 +147,9 @@ FILLS = {
     "where_scalar": lambda h: torch.where(h > 1.0, h, 2.0),
     "pad_default": lambda h: F.pad(h, (1, 1)),
     "pad_value": lambda h: F.pad(h, (1, 2, 0, 1), value=3.0),
+    "index_fill": lambda h: h.index_fill(1, torch.tensor([0, 2]), 0.5),
+    "scatter_value": lambda h: h.flatten(1).scatter(1, SCATTER_INDEX, 0.5),
+    "fill": lambda h: (h * 1).fill_(0.5) + h,
 }
 
 
@@ -148,7 +167,9 @@ def test_fill_values_recorded_in_the_forward_pass_rebuild_exactly(name):
     (r_h,) = propagate(out, [h], relevance=out.detach(), config=cfg, constants=rec.calls)
     yd = y.detach()
     r_y = yd.abs() / (yd.abs() + c.detach().abs()) * out.detach()
-    (expected,) = propagate(op(h), [h], relevance=r_y, config=cfg)
+    with ConstantRecorder() as again:
+        y2 = op(h)
+    (expected,) = propagate(y2, [h], relevance=r_y, config=cfg, constants=again.calls)
     assert torch.isfinite(r_h).all()
     torch.testing.assert_close(r_h, expected, rtol=1e-8, atol=1e-12)
 

@@ -160,6 +160,76 @@ class IndexPutRule(OpRule):
         return [o if ctx.has_edge(i) else None for i, o in enumerate(out)]
 
 
+@register("ScatterAddBackward")
+class ScatterAddRule(OpRule):
+    """``y = x.scatter_add(dim, index, src)``: ``y = x`` plus every entry of ``src`` sent to a position; all
+    addends share ``R_y`` proportionally, as :class:`IndexAddRule` (``R_src = w_src * (R_y / den).gather(index)``).
+    """
+
+    def needs(self, node, graph):
+        return (0, 1)
+
+    def constant_edges(self, node, call):  # zeros(...).scatter_add(dim, index, src)
+        return {0: call.arg(0, "input")} if call.is_one_of("scatter_add") else {}
+
+    def forward(self, node, inputs):
+        return (inputs[0].scatter_add(saved.get(node, "dim"), saved.get(node, "index"), inputs[1]),)
+
+    def relevance(self, ctx):
+        return scatter_sum_relevance(ctx, *ctx.inputs, saved.get(ctx.node, "dim"), saved.get(ctx.node, "index"))
+
+
+def scatter_sum_relevance(ctx, x, src, dim, index, include_self=True):
+    """Proportional relevance of ``y = x.scatter_add(dim, index, src)``; with ``include_self=False`` the entries
+    of ``x`` at written positions are not addends (``scatter_reduce``)."""
+    r = ctx.relevance[0]
+    if not include_self:
+        x = x.scatter(dim, index, 0.0)
+    if ctx.config.add_rule == "z":
+        wx, ws = x, src
+        den = stabilize(x.scatter_add(dim, index, src), ctx.config.epsilon)
+    else:
+        wx, ws = x.abs(), src.abs()
+        den = wx.scatter_add(dim, index, ws)
+        empty = den == 0
+        if bool(empty.any()):  # all addends zero: weight 1 each, an even split
+            own = empty if include_self else empty & ~torch.zeros_like(empty).scatter(dim, index, True)
+            wx, ws = wx + own, ws + empty.gather(dim, index)
+            den = wx.scatter_add(dim, index, ws)
+    ratio = r / den
+    out = [wx * ratio, ws * ratio.gather(dim, index)]
+    return [o if ctx.has_edge(i) else None for i, o in enumerate(out)]
+
+
+@register("ScatterReduceBackward")
+class ScatterReduceRule(OpRule):
+    """``y = x.scatter_reduce(dim, index, src, reduce, include_self)``: ``"sum"`` and ``"mean"`` share
+    proportionally as :class:`ScatterAddRule` (the mean's ``1/n`` cancels); ``"amax"``/``"amin"`` route each
+    position's relevance to the entries that attain it (the op's own backward: ties share evenly).
+    ``"prod"`` has no LRP rule here and raises."""
+
+    def known_inputs(self, node):
+        return [saved.get(node, "self", None), saved.get(node, "src", None)]
+
+    def saved_output(self, node):
+        return (saved.get(node, "result"),)
+
+    def forward(self, node, inputs):
+        return (inputs[0].scatter_reduce(saved.get(node, "dim"), saved.get(node, "index"), inputs[1],
+                                         saved.get(node, "reduce"), include_self=saved.get(node, "include_self")),)
+
+    def relevance(self, ctx):
+        node = ctx.node
+        reduce = saved.get(node, "reduce")
+        if reduce in ("amax", "amin"):
+            grads = ctx.vjp(ctx.relevance[0])
+            return [g if ctx.has_edge(i) else None for i, g in enumerate(grads)]
+        if reduce not in ("sum", "mean"):
+            raise NotImplementedError(f"{saved.full_name(node)}: no LRP rule for scatter_reduce(reduce={reduce!r})")
+        return scatter_sum_relevance(ctx, *ctx.inputs, saved.get(node, "dim"), saved.get(node, "index"),
+                                     include_self=saved.get(node, "include_self"))
+
+
 class LinearSumRule(OpRule):
     """Base of one-input sums ``y = L(x)`` with ``L`` linear and positive (sum, mean, average pooling...):
     ``R_x = c * L^T(R_y / L(c))`` with ``c = |x|`` (abs rule) or ``c = x`` and a stabilised denominator (z rule);

@@ -322,3 +322,77 @@ class AsStridedRule(RoutingRule):
         offset = saved.get(node, "storage_offset", None)
         return (x.as_strided(saved.get(node, "size"), saved.get(node, "stride"),
                              x.storage_offset() if offset is None else offset),)
+
+
+# ------------------------------------------------------------------------------------- overwriting writes
+
+
+@register("MaskedScatterBackward")
+class MaskedScatterRule(RoutingRule):
+    """``y = x.masked_scatter(mask, source)`` (vision-language models place image features among token
+    embeddings this way): each masked entry takes the next entry of ``source`` and its relevance goes there;
+    the others keep ``x``'s."""
+
+    def forward(self, node, inputs):
+        return (inputs[0].masked_scatter(saved.get(node, "mask"), inputs[1]),)
+
+
+@register("IndexCopyBackward")
+class IndexCopyRule(RoutingRule):
+    """``y = x.index_copy(dim, index, source)``: the copied slices' relevance goes to ``source``, the rest to
+    ``x``."""
+
+    def known_inputs(self, node):
+        return [None, saved.get(node, "source", None)]
+
+    def forward(self, node, inputs):
+        return (inputs[0].index_copy(saved.get(node, "dim"), saved.get(node, "index"), inputs[1]),)
+
+
+@register("ScatterBackward")
+class ScatterRule(_FillRule):
+    """``y = x.scatter(dim, index, src)`` (``ScatterBackward0``) or ``x.scatter(dim, index, value)``
+    (``ScatterBackward1``, a scalar read from the forward pass): written entries take their relevance from
+    ``src`` (a constant keeps it), the rest from ``x``."""
+
+    def recorded_fill(self, call):
+        return call.arg(3, "value") if call.is_one_of("scatter") else None
+
+    def forward(self, node, inputs):
+        dim, index = saved.get(node, "dim"), saved.get(node, "index")
+        if len(inputs) == 2:
+            return (inputs[0].scatter(dim, index, inputs[1]),)
+        return (inputs[0].scatter(dim, index, self.fill),)
+
+
+@register("IndexFillBackward")
+class IndexFillRule(_FillRule):
+    """``y = x.index_fill(dim, index, value)``: filled slices hold a constant (read from the forward pass) and
+    have no relevance to pass; the rest is ``x``'s."""
+
+    def recorded_fill(self, call):
+        return call.arg(3, "value") if call.is_one_of("index_fill") else None
+
+    def constant_edges(self, node, call):  # a 0-dim tensor value is an edge
+        return {1: call.arg(3, "value")} if len(node.next_functions) == 2 and call.is_one_of("index_fill") else {}
+
+    def forward(self, node, inputs):
+        value = inputs[1] if len(inputs) == 2 and inputs[1] is not None else self.fill
+        return (inputs[0].index_fill(saved.get(node, "dim"), saved.get(node, "index"), value),)
+
+    def forward_needs(self, node):
+        return [i for i, (c, _) in enumerate(node.next_functions) if c is not None]
+
+
+@register("FillBackward", "ZeroBackward")
+class FillRule(_FillRule):
+    """``x.fill_(v)``, ``x.zero_()``: the output is a constant, nothing flows back (``R_x = 0``)."""
+
+    def recorded_fill(self, call):
+        if call.is_one_of("zero"):
+            return 0.0
+        return call.arg(1, "value") if call.is_one_of("fill") else None
+
+    def forward(self, node, inputs):
+        fill = 0.0 if saved.op_name(node) == "ZeroBackward" else self.fill
+        return (torch.full_like(inputs[0], fill),)

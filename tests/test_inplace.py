@@ -216,3 +216,19 @@ def test_scatter_add_matches_index_add_and_scatter_reduce_a_loop_oracle():
                     ev[k, j] += abs(c) / total * y[i, j].item()
     torch.testing.assert_close(rx, ex)
     torch.testing.assert_close(rv, ev)
+
+
+def test_constant_sources_of_scatter_writes_are_read_from_the_forward_pass():
+    """A frozen tensor scattered into an activation (a buffer of image features, say) is a constant edge: the
+    promise that rebuilds the result reads it from the recorded call; its positions keep their relevance."""
+    x, c = leaves((2, 6), (2, 6))
+    feats = torch.randn(2, 2, dtype=torch.float64)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[:, 1:3] = True
+    idx = torch.tensor([[0, 4], [5, 1]])
+    for write in (lambda h: h.masked_scatter(mask, feats), lambda h: h.scatter(1, idx, feats)):
+        (rx, _rc), out = explain(lambda x, c, write=write: write(x * 1.0) + c, x, c)
+        y = write(x.detach())
+        share = y.abs() / (y.abs() + c.detach().abs()) * out.detach()
+        written = write(torch.zeros_like(y)) != 0
+        torch.testing.assert_close(rx, torch.where(written, 0.0, share))

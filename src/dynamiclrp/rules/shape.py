@@ -333,6 +333,9 @@ class MaskedScatterRule(RoutingRule):
     embeddings this way): each masked entry takes the next entry of ``source`` and its relevance goes there;
     the others keep ``x``'s."""
 
+    def constant_edges(self, node, call):  # a constant source (a buffer)
+        return {1: call.arg(2, "source")} if call.is_one_of("masked_scatter") else {}
+
     def forward(self, node, inputs):
         return (inputs[0].masked_scatter(saved.get(node, "mask"), inputs[1]),)
 
@@ -357,6 +360,11 @@ class ScatterRule(_FillRule):
 
     def recorded_fill(self, call):
         return call.arg(3, "value") if call.is_one_of("scatter") else None
+
+    def constant_edges(self, node, call):  # a constant src tensor
+        if len(node.next_functions) == 2 and call.is_one_of("scatter"):
+            return {1: call.arg(3, "src")}
+        return {}
 
     def forward(self, node, inputs):
         dim, index = saved.get(node, "dim"), saved.get(node, "index")

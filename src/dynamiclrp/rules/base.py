@@ -225,8 +225,13 @@ class RoutingRule(OpRule):
     """
 
     def relevance(self, ctx):
-        grads = ctx.vjp(*ctx.relevance)
-        return [g if ctx.has_edge(i) else None for i, g in enumerate(grads)]
+        return routed(ctx)
+
+
+def routed(ctx: RuleContext) -> list:
+    """``R_in = J^T R_out`` through the node's own backward, for the edges that are part of the graph."""
+    grads = ctx.vjp(*ctx.relevance)
+    return [g if ctx.has_edge(i) else None for i, g in enumerate(grads)]
 
 
 class IdentityRule(OpRule):
@@ -276,5 +281,4 @@ class FallbackRule(OpRule):
                 out = [None] * len(ctx.edges)
                 out[live[0]] = r.reshape(shape)
                 return out
-        grads = ctx.vjp(*ctx.relevance)
-        return [g if ctx.has_edge(i) else None for i, g in enumerate(grads)]
+        return routed(ctx)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import saved
-from .base import OpRule, RoutingRule, edge_shape, proportional, register, stabilize
+from .base import OpRule, RoutingRule, edge_shape, proportional, register, routed, stabilize
 
 
 @register("AddBackward", "SubBackward", "RsubBackward")
@@ -91,22 +91,11 @@ class IndexAddRule(OpRule):
                                     alpha=saved.get(node, "alpha", 1)),)
 
     def relevance(self, ctx):
-        node, (x, src), r = ctx.node, ctx.inputs, ctx.relevance[0]
+        node, (x, src) = ctx.node, ctx.inputs
         dim, index = saved.get(node, "dim"), saved.get(node, "index")
-        src = saved.get(node, "alpha", 1) * src
-        if ctx.config.add_rule == "z":
-            wx, ws = x, src
-            den = stabilize(x.index_add(dim, index, src), ctx.config.epsilon)
-        else:
-            wx, ws = x.abs(), src.abs()
-            den = wx.index_add(dim, index, ws)
-            empty = den == 0
-            if bool(empty.any()):  # all addends zero: an even split
-                wx, ws = wx + empty, ws + empty.index_select(dim, index)
-                den = wx.index_add(dim, index, ws)
-        ratio = r / den
-        out = [wx * ratio, ws * ratio.index_select(dim, index)]
-        return [o if ctx.has_edge(i) else None for i, o in enumerate(out)]
+        return placed_sum_relevance(ctx, x, saved.get(node, "alpha", 1) * src,
+                                    put=lambda base, s: base.index_add(dim, index, s),
+                                    take=lambda t: t.index_select(dim, index))
 
 
 @register("IndexPutBackward")
@@ -139,25 +128,16 @@ class IndexPutRule(OpRule):
     def relevance(self, ctx):
         node, r = ctx.node, ctx.relevance[0]
         if not saved.get(node, "accumulate"):
-            grads = ctx.vjp(r)
-            return [g if ctx.has_edge(i) else None for i, g in enumerate(grads)]
+            return routed(ctx)
         x, v = ctx.inputs
         indices = self._indices(node)
-        place = torch.ops.aten.index.Tensor(x, indices).shape
-        v = v.to(r.dtype).expand(place)
-        if ctx.config.add_rule == "z":
-            wx, wv = x, v
-            den = stabilize(torch.ops.aten.index_put(x, indices, v, True), ctx.config.epsilon)
-        else:
-            wx, wv = x.abs(), v.abs()
-            den = torch.ops.aten.index_put(wx, indices, wv, True)
-            empty = den == 0
-            if bool(empty.any()):  # all addends zero: an even split
-                wx, wv = wx + empty, wv + torch.ops.aten.index.Tensor(empty, indices)
-                den = torch.ops.aten.index_put(wx, indices, wv, True)
-        ratio = r / den
-        out = [wx * ratio, (wv * torch.ops.aten.index.Tensor(ratio, indices)).sum_to_size(edge_shape(ctx, 1))]
-        return [o if ctx.has_edge(i) else None for i, o in enumerate(out)]
+
+        def take(t):
+            return torch.ops.aten.index.Tensor(t, indices)
+
+        rx, rv = placed_sum_relevance(ctx, x, v.to(r.dtype).expand(take(x).shape), take=take,
+                                      put=lambda base, s: torch.ops.aten.index_put(base, indices, s, True))
+        return [rx, None if rv is None else rv.sum_to_size(edge_shape(ctx, 1))]
 
 
 @register("ScatterAddBackward")
@@ -180,24 +160,35 @@ class ScatterAddRule(OpRule):
 
 
 def scatter_sum_relevance(ctx, x, src, dim, index, include_self=True):
-    """Proportional relevance of ``y = x.scatter_add(dim, index, src)``; with ``include_self=False`` the entries
-    of ``x`` at written positions are not addends (``scatter_reduce``)."""
-    r = ctx.relevance[0]
-    if not include_self:
-        x = x.scatter(dim, index, 0.0)
+    """:func:`placed_sum_relevance` of ``y = x.scatter_add(dim, index, src)``; with ``include_self=False`` the
+    entries of ``x`` at written positions are not addends (``scatter_reduce``)."""
+    own = None if include_self else ~torch.zeros_like(x, dtype=torch.bool).scatter(dim, index, True)
+    return placed_sum_relevance(ctx, x, src, put=lambda base, s: base.scatter_add(dim, index, s),
+                                take=lambda t: t.gather(dim, index), x_addend=own)
+
+
+def placed_sum_relevance(ctx, x, src, put, take, x_addend=None) -> list:
+    """Proportional relevance of ``y = put(x, src)``: ``x`` plus each entry of ``src`` added at a position
+    (``index_add``, ``index_put(accumulate=True)``, ``scatter_add``); ``take(t)`` reads an output-shaped ``t`` at
+    the position of each entry of ``src``. As :class:`AddRule`: weights ``|x|``, ``|src|`` over their placed sum
+    (abs rule; an even split where all addends are zero) or ``x``, ``src`` over ``stab(y)`` (z rule), and
+    ``R_x = w_x * R_y / den``, ``R_src = w_src * take(R_y / den)``. ``x_addend``: where ``x`` is an addend at
+    all (default everywhere). Returns ``[R_x, R_src]``, ``None`` for edges outside the graph."""
+    if x_addend is not None:
+        x = torch.where(x_addend, x, 0.0)
     if ctx.config.add_rule == "z":
         wx, ws = x, src
-        den = stabilize(x.scatter_add(dim, index, src), ctx.config.epsilon)
+        den = stabilize(put(x, src), ctx.config.epsilon)
     else:
         wx, ws = x.abs(), src.abs()
-        den = wx.scatter_add(dim, index, ws)
+        den = put(wx, ws)
         empty = den == 0
         if bool(empty.any()):  # all addends zero: weight 1 each, an even split
-            own = empty if include_self else empty & ~torch.zeros_like(empty).scatter(dim, index, True)
-            wx, ws = wx + own, ws + empty.gather(dim, index)
-            den = wx.scatter_add(dim, index, ws)
-    ratio = r / den
-    out = [wx * ratio, ws * ratio.gather(dim, index)]
+            wx = wx + (empty if x_addend is None else empty & x_addend)
+            ws = ws + take(empty)
+            den = put(wx, ws)
+    ratio = ctx.relevance[0] / den
+    out = [wx * ratio, ws * take(ratio)]
     return [o if ctx.has_edge(i) else None for i, o in enumerate(out)]
 
 
@@ -222,8 +213,7 @@ class ScatterReduceRule(OpRule):
         node = ctx.node
         reduce = saved.get(node, "reduce")
         if reduce in ("amax", "amin"):
-            grads = ctx.vjp(ctx.relevance[0])
-            return [g if ctx.has_edge(i) else None for i, g in enumerate(grads)]
+            return routed(ctx)
         if reduce not in ("sum", "mean"):
             raise NotImplementedError(f"{saved.full_name(node)}: no LRP rule for scatter_reduce(reduce={reduce!r})")
         return scatter_sum_relevance(ctx, *ctx.inputs, saved.get(node, "dim"), saved.get(node, "index"),

@@ -222,14 +222,7 @@ class LRP:
             )
         seed = seed_relevance(output, target)
         graph = Graph.capture(output)
-        taps = []
-        for x in prepared:
-            if isinstance(x, torch.Tensor) and x.is_floating_point():
-                taps.append([_tap_for(graph, x)])
-            elif isinstance(x, torch.Tensor):
-                taps.append(_embedding_taps(graph, x, recorder.lifted_for(x)))
-            else:
-                taps.append([])
+        taps = [input_taps(graph, x, recorder) for x in prepared]
         try:
             engine = Engine(graph, self.config, taps=[t for ts in taps for t in ts if t is not None],
                             constants=recorder.calls)
@@ -290,6 +283,16 @@ def prepare_inputs(inputs) -> tuple:
     inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     return tuple(x.detach().requires_grad_(True) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
                  for x in inputs)
+
+
+def input_taps(graph: Graph, x, recorder: ConstantRecorder | None = None) -> list:
+    """Where one model input's relevance lands: the leaf of a float tensor, the embedding lookups of integer
+    ids (see :func:`_embedding_taps`), nothing for other arguments."""
+    if not isinstance(x, torch.Tensor):
+        return []
+    if x.is_floating_point():
+        return [_tap_for(graph, x)]
+    return _embedding_taps(graph, x, recorder.lifted_for(x) if recorder is not None else ())
 
 
 def _embedding_taps(graph: Graph, ids: torch.Tensor, lifted=()) -> list:

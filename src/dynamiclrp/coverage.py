@@ -18,15 +18,7 @@ import torch
 from torch import nn
 
 from . import saved
-from .api import (
-    _embedding_taps,
-    _tap_for,
-    prepare_inputs,
-    run_recorded,
-    seed_relevance,
-    select_output,
-    summarize,
-)
+from .api import input_taps, prepare_inputs, run_recorded, seed_relevance, select_output, summarize
 from .config import LRPConfig
 from .engine import Engine
 from .errors import NoGradGraphError
@@ -277,10 +269,7 @@ def _input_taps(graph: Graph, inputs: tuple, recorder=None) -> list:
     if not tensors:
         return [(node, 0) for node in graph.order if saved.op_name(node) == _LEAF
                 and not isinstance(saved.leaf_variable(node), nn.Parameter)]
-    taps = []
-    for x in tensors:
-        lifted = recorder.lifted_for(x) if recorder is not None else ()
-        taps.extend([_tap_for(graph, x)] if x.is_floating_point() else _embedding_taps(graph, x, lifted))
+    taps = [t for x in tensors for t in input_taps(graph, x, recorder)]
     return list(dict.fromkeys(t for t in taps if t is not None))
 
 

@@ -228,6 +228,11 @@ class RoutingRule(OpRule):
         return routed(ctx)
 
 
+def live_edges(node) -> list:
+    """Indices of the node's inputs that are part of the graph (the others are constants autograd did not keep)."""
+    return [i for i, (c, _) in enumerate(node.next_functions) if c is not None]
+
+
 def routed(ctx: RuleContext) -> list:
     """``R_in = J^T R_out`` through the node's own backward, for the edges that are part of the graph."""
     grads = ctx.vjp(*ctx.relevance)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import saved
-from .base import OpRule, register, stabilize
+from .base import OpRule, live_edges, register, stabilize
 
 
 class _NormRule(OpRule):
@@ -26,7 +26,7 @@ class _NormRule(OpRule):
         return vals
 
     def needs(self, node, graph):
-        return [i for i, (c, _) in enumerate(node.next_functions) if c is not None]
+        return live_edges(node)
 
     def forward_needs(self, node):
         return self.needs(node, None)

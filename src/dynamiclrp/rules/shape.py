@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import saved
-from .base import RoutingRule, register
+from .base import RoutingRule, live_edges, register
 
 #: Value written where an op filled in a constant that autograd did not keep (masked_fill's value, padding,
 #: where's scalar branch). Rules downstream only ever multiply such entries by exact zeros; anything else
@@ -253,7 +253,7 @@ class MaskedFillRule(_FillRule):
         return (inputs[0].masked_fill(saved.get(node, "mask"), value),)
 
     def forward_needs(self, node):
-        return [i for i, (c, _) in enumerate(node.next_functions) if c is not None]
+        return live_edges(node)
 
 
 @register("WhereBackward")
@@ -274,7 +274,7 @@ class WhereRule(RoutingRule):
         return (torch.where(cond, a, b),)
 
     def forward_needs(self, node):
-        return [i for i, (c, _) in enumerate(node.next_functions) if c is not None]
+        return live_edges(node)
 
 
 @register("ConstantPadNdBackward")
@@ -389,7 +389,7 @@ class IndexFillRule(_FillRule):
         return (inputs[0].index_fill(saved.get(node, "dim"), saved.get(node, "index"), value),)
 
     def forward_needs(self, node):
-        return [i for i, (c, _) in enumerate(node.next_functions) if c is not None]
+        return live_edges(node)
 
 
 @register("FillBackward", "ZeroBackward")

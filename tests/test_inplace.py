@@ -79,6 +79,25 @@ def test_update_through_a_view_is_explained_as_the_out_of_place_op():
     assert (a[2] == 0).all()  # a product with a parameter is a linear layer: the activation takes it all
 
 
+def test_graph_operand_passed_by_keyword():
+    """``h[:, :2].add_(other=v, alpha=2)``: the graph operand given by keyword is found too."""
+    x, v = leaves((3, 4), (3, 2))
+
+    def in_place(x, v):
+        h = x * 1.0
+        h[:, :2].add_(other=v, alpha=2)
+        return h * h.sum()
+
+    def functional(x, v):
+        h = x * 1.0
+        h = torch.cat([h[:, :2] + 2 * v, h[:, 2:]], 1)
+        return h * h.sum()
+
+    a, _ = explain(in_place, x, v)
+    b, _ = explain(functional, x, v)
+    assert_same(a, b)
+
+
 def test_write_into_a_view_of_a_view_and_masked_fill_on_a_view():
     """``t[1][:, 1:3] = v`` (a view of a view: the base is found through ``_base``) and ``masked_fill_`` on a
     slice, against the same written out with ``cat`` and a product with the 0/1 mask."""

@@ -71,7 +71,8 @@ class _BoundWrite(OpRule):
 
     def forward(self, node, inputs):
         out = self._layout(inputs[0])
-        self.call.func(self._region(out), *self._operands(node, inputs[1:]), **self.call.kwargs)
+        args, kwargs = self._operands(node, inputs[1:])
+        self.call.func(self._region(out), *args, **kwargs)
         return (out,)
 
     # ---------------------------------------------------------------------------------------------- helpers
@@ -91,19 +92,21 @@ class _BoundWrite(OpRule):
         _size, _stride, vsize, vstride, offset = self.call.view
         return t.as_strided(vsize, vstride, t.storage_offset() + offset)
 
-    def _operands(self, node, values) -> list:
-        """The call's arguments after ``self``, its graph tensors replaced by ``values`` (one per edge after the
-        base; the edges that are part of the graph follow the call's graph tensors in order)."""
+    def _operands(self, node, values) -> tuple:
+        """The call's arguments after ``self`` and its keyword arguments, its graph tensors replaced by ``values``
+        (one per edge after the base; the edges that are part of the graph follow the call's graph tensors in
+        order, positional ones first)."""
         live = [v for (child, _), v in zip(node.next_functions[1:], values) if child is not None]
-        args = list(self.call.args[1:])
-        slots = [k for k, a in enumerate(args) if a is IN_GRAPH]
+        args, kwargs = list(self.call.args[1:]), dict(self.call.kwargs)
+        slots = [(args, k) for k, a in enumerate(args) if a is IN_GRAPH]
+        slots += [(kwargs, k) for k, a in kwargs.items() if a is IN_GRAPH]
         if len(slots) != len(live):
             raise UnrecoverableValueError(
                 f"CopySlices: the recorded {_name(self.call)} has {len(slots)} graph operands, the node "
                 f"{len(live)} graph edges")
-        for k, v in zip(slots, live):
-            args[k] = v
-        return args
+        for (where, k), v in zip(slots, live):
+            where[k] = v
+        return args, kwargs
 
 
 class SliceOverwrite(_BoundWrite, RoutingRule):
@@ -128,9 +131,9 @@ class SliceUpdate(_BoundWrite):
         old = self._region(self._layout(ctx.inputs[0])).clone().requires_grad_(True)
         live = [i for i in range(1, len(ctx.edges)) if ctx.has_edge(i)]
         leaves = {i: _leaf(ctx.inputs[i], ctx.is_param(i)) for i in live}
-        operands = self._operands(ctx.node, [leaves.get(i) for i in range(1, len(ctx.edges))])
+        args, kwargs = self._operands(ctx.node, [leaves.get(i) for i in range(1, len(ctx.edges))])
         with torch.enable_grad(), ConstantRecorder() as rec:
-            y = _out_of_place(self.call)(old, *operands, **self.call.kwargs)
+            y = _out_of_place(self.call)(old, *args, **kwargs)
         rel = propagate(y, [old, *leaves.values()], relevance=region.clone(), config=ctx.config,
                         constants=rec.calls)
         region.copy_(rel[0])

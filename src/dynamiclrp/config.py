@@ -6,6 +6,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 _ADD_RULES = ("abs", "z")
+_BILINEAR_RULES = ("uniform", "cp")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,16 @@ class LRPConfig:
     rule_overrides:
         Map from autograd node name (with or without the overload digit: ``"MulBackward"`` or
         ``"MulBackward0"``) to an :class:`dynamiclrp.rules.OpRule` instance used instead of the built-in rule.
+    bilinear:
+        How a product of two activations (attention's ``q k^T`` and ``A v``, a gate times a value) is split:
+        ``"uniform"`` (AttnLRP's uniform rule, half to each factor) or ``"cp"`` (CP-LRP, Ali et al. 2022: the
+        attention weights and the gate are held constant, all relevance goes to the value path).
+    canonize:
+        Merge eval-mode batch normalisation into the product before it for the purposes of the rules, as Zennit's
+        canonizers do (the model is not modified).
+    layer_map:
+        Per-position product rules (see :mod:`dynamiclrp.presets`): a mapping from a position key to a rule spec.
+        Empty: ``epsilon``/``gamma_*``/``zplus`` above decide everywhere.
     check_finite:
         Raise :class:`~dynamiclrp.errors.NonFiniteRelevanceError` at the first node whose relevance holds NaN/Inf.
     unsupported:
@@ -44,6 +55,9 @@ class LRPConfig:
     rule_overrides: Mapping[str, Any] = field(default_factory=dict)
     check_finite: bool = True
     unsupported: str = "raise"
+    bilinear: str = "uniform"
+    canonize: bool = False
+    layer_map: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.epsilon >= 0:
@@ -53,6 +67,8 @@ class LRPConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.unsupported not in ("raise", "warn"):
             raise ValueError(f"unsupported must be 'raise' or 'warn', got {self.unsupported!r}")
+        if self.bilinear not in _BILINEAR_RULES:
+            raise ValueError(f"bilinear must be one of {_BILINEAR_RULES}, got {self.bilinear!r}")
         if self.add_rule not in _ADD_RULES:
             raise ValueError(f"add_rule must be one of {_ADD_RULES}, got {self.add_rule!r}")
         from .rules import OpRule  # local import: rules import nothing from here at import time
@@ -63,6 +79,7 @@ class LRPConfig:
             if not isinstance(rule, OpRule):
                 raise TypeError(f"rule_overrides[{key!r}] must be an OpRule instance, got {type(rule).__name__}")
         object.__setattr__(self, "rule_overrides", MappingProxyType(dict(self.rule_overrides)))
+        object.__setattr__(self, "layer_map", MappingProxyType(dict(self.layer_map)))
 
     @classmethod
     def epsilon_rule(cls, epsilon: float = 1e-6) -> "LRPConfig":
@@ -74,7 +91,22 @@ class LRPConfig:
         """Gamma rule on linear layers and convolutions (Montavon et al. 2019)."""
         return cls(epsilon=epsilon, gamma_linear=gamma, gamma_conv=gamma)
 
+    @classmethod
+    def attnlrp(cls, epsilon: float = 1e-6) -> "LRPConfig":
+        """AttnLRP (Achtibat et al. 2024); see :func:`dynamiclrp.presets.attnlrp`."""
+        from .presets import attnlrp
+
+        return attnlrp(epsilon=epsilon)
+
+    @classmethod
+    def cp_lrp(cls, epsilon: float = 1e-6) -> "LRPConfig":
+        """CP-LRP (Ali et al. 2022); see :func:`dynamiclrp.presets.cp_lrp`."""
+        from .presets import cp_lrp
+
+        return cp_lrp(epsilon=epsilon)
+
     def __hash__(self):  # MappingProxyType is unhashable; configs key plan caches
         return hash((self.epsilon, self.gamma_linear, self.gamma_conv, self.zplus, self.add_rule,
                      tuple(sorted((k, id(v)) for k, v in self.rule_overrides.items())), self.check_finite,
-                     self.unsupported))
+                     self.unsupported, self.bilinear, self.canonize,
+                     tuple(sorted((k, repr(v)) for k, v in self.layer_map.items()))))

@@ -108,13 +108,15 @@ def test_no_grad_output_raises():
 
 
 class _Custom(torch.autograd.Function):
+    """An op without a rule: its non-tensor argument is not kept by autograd, so dynamiclrp cannot re-run it."""
+
     @staticmethod
-    def forward(ctx, x):
-        return x * 2
+    def forward(ctx, x, factor):
+        return x * factor
 
     @staticmethod
     def backward(ctx, g):
-        return g * 2
+        return g * 2, None
 
 
 def test_unsupported_op_is_named():
@@ -124,7 +126,7 @@ def test_unsupported_op_is_named():
             self.lin = nn.Linear(3, 3)
 
         def forward(self, x):
-            return _Custom.apply(self.lin(x))
+            return _Custom.apply(self.lin(x), 2)
 
     class Outer(nn.Module):
         def __init__(self):
@@ -141,7 +143,7 @@ def test_unsupported_op_is_named():
 def test_rule_override_and_nan_detection():
     class M(nn.Module):
         def forward(self, x):
-            return _Custom.apply(x).sum(1, keepdim=True)
+            return _Custom.apply(x, 2).sum(1, keepdim=True)
 
     class Ident(IdentityRule):
         def forward(self, node, inputs):  # lets promises (the sum's) rebuild the output

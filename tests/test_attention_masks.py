@@ -7,7 +7,7 @@ import torch
 import transformers
 from helpers import leaf, param, run
 
-from dynamiclrp import LRP, LRPConfig
+from dynamiclrp import LRP, ConstantRecorder, LRPConfig, propagate
 from dynamiclrp.errors import UnrecoverableValueError
 from dynamiclrp.rules.linear import Matmul, product_relevance
 
@@ -41,11 +41,24 @@ def test_constant_mask_before_softmax_matches_oracle():
     assert stats["promises"] >= 1
 
 
-def test_constant_mask_with_another_consumer_is_refused():
+def test_constant_mask_with_another_consumer_is_solved_or_refused():
     x = leaf(3, 4)
     w = param(4, 4)
-    scores = x @ w + torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)
-    out = torch.softmax(scores, -1) * scores  # the masked sum also feeds a product: no bias reading possible
+    mask = torch.tensor([0.0, 1.0, 2.0, 3.0], dtype=torch.float64)
+    scores = x @ w + mask
+    # the masked sum also feeds a product: no bias reading possible, but the product saved the sum, so the
+    # engine solves mask = sum - x @ w (tests/test_recovery.py) and the add splits relevance with the true mask
+    out = (torch.softmax(scores, -1) * scores).sum(-1)
+    with ConstantRecorder() as rec:
+        recorded_scores = x @ w + mask
+        recorded = (torch.softmax(recorded_scores, -1) * recorded_scores).sum(-1)
+    cfg = LRPConfig(epsilon=1e-12)
+    (solved,) = propagate(out, [x], relevance=out.detach(), config=cfg)
+    (expected,) = propagate(recorded, [x], relevance=recorded.detach(), config=cfg, constants=rec.calls)
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(solved, expected)
+    # where nothing saved the sum (a ReLU keeps only its result), the engine refuses, naming the op
+    out = torch.softmax(scores, -1) * torch.relu(scores)
     with pytest.raises(UnrecoverableValueError, match="AddBackward0"):
         run(out.sum(-1), [x])
 

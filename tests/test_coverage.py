@@ -20,22 +20,23 @@ def _cnn():
 
 
 class _Square(torch.autograd.Function):
-    """An op dynamiclrp has no rule for: its node is ``_SquareBackward``."""
+    """An op dynamiclrp has no rule for: its node is ``_SquareBackward`` (a non-tensor argument, which autograd
+    does not keep, so the Function cannot be re-run)."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, power):
         ctx.save_for_backward(x)
-        return x * x
+        return x ** power
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return 2 * x * grad
+        return 2 * x * grad, None
 
 
 class _Act(nn.Module):
     def forward(self, x):
-        return _Square.apply(x)
+        return _Square.apply(x, 2)
 
 
 class _Block(nn.Module):
@@ -58,7 +59,7 @@ class _Custom(nn.Module):
         self.head = nn.Linear(6, 3)
 
     def forward(self, x):
-        return self.head(_Square.apply(self.block(self.norm(x))))
+        return self.head(_Square.apply(self.block(self.norm(x)), 2))
 
 
 class _Residual(nn.Module):
@@ -131,7 +132,8 @@ def test_rule_overrides_count_as_covered():
 
     # covered, but the residual add needs the custom op's output, which this rule cannot recompute
     report = coverage(model, x, config=LRPConfig(rule_overrides={"_SquareBackward": IdentityRule()}))
-    assert report.complete and report.stats is None
+    # every op has a rule, yet the explanation fails: not complete (coverage predicts explainability)
+    assert report.fraction == 1.0 and not report.complete and report.stats is None
     assert "_SquareBackward" in report.engine_error and "engine run failed" in str(report)
 
 
@@ -263,8 +265,8 @@ from torch import nn
 
 class Square(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
-        return x * x
+    def forward(ctx, x, power):
+        return x ** power
 
     @staticmethod
     def backward(ctx, g):
@@ -277,7 +279,7 @@ class Odd(nn.Module):
         self.lin = nn.Linear(4, 2)
 
     def forward(self, x):
-        return self.lin(Square.apply(x))
+        return self.lin(Square.apply(x, 2))
 
 
 def factory():
@@ -305,9 +307,117 @@ def test_cli_user_file(tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["complete"] and data["stats"]["promises"] == 0
 
-    with pytest.raises(ValueError, match="input shape"):
-        main(["coverage", f"{path}:bare"])
+    assert main(["coverage", f"{path}:bare"]) == 2  # a usage error: one line on stderr, no traceback
+    err = capsys.readouterr().err
+    assert "give the input shape" in err and "Traceback" not in err
 
     assert main(["coverage", f"{path}:odd", "--input-shape", "1,4"]) == 1  # an op without a rule: status 1
     out = capsys.readouterr().out
     assert "✗ SquareBackward" in out and "NO RULE -- in <root> x1" in out
+
+
+# ------------------------------------------------------------------------- coverage predicts explainability
+
+
+class _HiddenConstant(nn.Module):
+    """Adds a constant where no recorder can see it, read only by a ReLU (which keeps its result, not the sum)."""
+
+    def forward(self, x):
+        with torch._C.DisableTorchFunction():
+            return torch.relu(x + torch.full_like(x, 0.5))
+
+
+class _Unexplainable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 4)
+        self.block = _HiddenConstant()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.block(self.inp(x)))
+
+
+class _SolvableConstant(nn.Module):
+    """The same constant, but a linear layer reads the sum (it saves it): the engine solves ``0.5 = sum - x``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        with torch._C.DisableTorchFunction():
+            h = self.inp(x) + torch.full_like(x, 0.5)
+        return self.head(h)
+
+
+def _explains(model, x, **kwargs) -> bool:
+    from dynamiclrp import LRP
+    from dynamiclrp.errors import DynamicLRPError
+
+    try:
+        LRP(model).explain(x, conservation_limit=None, **kwargs)
+    except (DynamicLRPError, NotImplementedError):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("run", [True, False])
+def test_unrecoverable_constant_is_reported_as_blocking(run):
+    torch.manual_seed(0)
+    model, x = _Unexplainable().eval(), torch.randn(2, 4)
+    report = coverage(model, x, run=run)
+    assert report.fraction == 1.0 and not report.complete  # every op has a rule, and yet: not explainable
+    assert report.blocking == [{"op": "AddBackward0", "inputs": [1], "module": "block"}]
+    assert (report.engine_error is not None) == run  # the run confirmed the planning
+    assert "not explainable: AddBackward0 (in block)" in str(report)
+    assert CoverageReport.from_dict(json.loads(report.to_json())).blocking == report.blocking
+    assert not _explains(model, x)
+
+
+def test_dry_run_plans_without_computing_relevance():
+    torch.manual_seed(0)
+    report = coverage(_Unexplainable().eval(), torch.randn(2, 4), run=False)
+    assert report.stats is None and report.engine_error is None
+    assert report.blocking == [{"op": "AddBackward0", "inputs": [1], "module": "block"}]
+
+
+@pytest.mark.parametrize("make", [_cnn, _Residual, _SolvableConstant, _Custom])
+def test_complete_agrees_with_explain_on_small_models(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(2, 3, 8, 8) if make is _cnn else torch.randn(4, 4 if make is not _Custom else 6)
+    report = coverage(model, x)
+    assert report.complete == _explains(model, x)
+    assert report.complete == (make is not _Custom)  # _Custom has an op without a rule
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["hf:gpt2", "hf:bert", "hf:mamba", "hf:t5", "torchvision:squeezenet1_0"])
+def test_complete_agrees_with_explain_on_zoo_models(spec):
+    model, inputs, kwargs = build(spec)
+    report = coverage(model, inputs, forward_kwargs=kwargs, label=spec)
+    assert report.complete == _explains(model, inputs, **kwargs), (report.blocking, report.engine_error)
+
+
+@pytest.mark.slow
+def test_complete_agrees_with_explain_on_longformer_and_lora_vit():
+    """The issue's two "100 % coverage, but explain raises" models: the report now says what explain does."""
+    ensure_torchvision_importable()
+    import peft
+    import timm
+    import transformers
+
+    torch.manual_seed(0)
+    longformer = transformers.LongformerForSequenceClassification(transformers.LongformerConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100,
+        max_position_embeddings=80, attention_window=4, num_labels=3)).eval()
+    ids, mask = torch.randint(1, 100, (1, 8)), torch.ones(1, 8, dtype=torch.long)
+    report = coverage(longformer, ids, forward_kwargs={"attention_mask": mask})
+    assert report.complete == _explains(longformer, ids, attention_mask=mask)
+    if not report.complete:  # the blocking node is named with its module path
+        assert report.blocking and report.blocking[0]["module"].startswith("longformer.encoder.layer.")
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=3, depth=2)
+    lora = peft.get_peft_model(vit, peft.LoraConfig(target_modules=["qkv"], r=4)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert coverage(lora, x).complete == _explains(lora, x)

@@ -47,13 +47,15 @@ def test_half_and_bfloat16_close_to_float32(dtype):
 
 
 class _Double(torch.autograd.Function):
+    """An op without a rule: autograd keeps no non-tensor argument, so dynamiclrp cannot re-run it."""
+
     @staticmethod
-    def forward(ctx, x):
-        return 2 * x
+    def forward(ctx, x, factor):
+        return factor * x
 
     @staticmethod
     def backward(ctx, g):
-        return 2 * g
+        return 2 * g, None
 
 
 class _WithCustom(nn.Module):
@@ -62,7 +64,7 @@ class _WithCustom(nn.Module):
         self.lin = nn.Linear(4, 3, bias=False)
 
     def forward(self, x):
-        return self.lin(_Double.apply(x))
+        return self.lin(_Double.apply(x, 2))
 
 
 def test_unsupported_raises_by_default_and_warns_loudly_when_asked():

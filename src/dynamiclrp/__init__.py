@@ -13,12 +13,17 @@ from .config import LRPConfig
 from .constants import ConstantRecorder
 from .coverage import CoverageReport, coverage
 from .errors import (
+    ConservationWarning,
     DynamicLRPError,
+    DynamicLRPWarning,
     NoGradGraphError,
     NonFiniteRelevanceError,
+    StaleGraphError,
     TargetError,
+    TrainingModeWarning,
     UnrecoverableValueError,
     UnsupportedOperationError,
+    ZeroSeedWarning,
 )
 
 __version__ = "0.1.0"
@@ -38,4 +43,9 @@ __all__ = [
     "UnrecoverableValueError",
     "NonFiniteRelevanceError",
     "TargetError",
+    "StaleGraphError",
+    "DynamicLRPWarning",
+    "ZeroSeedWarning",
+    "TrainingModeWarning",
+    "ConservationWarning",
 ]

@@ -9,9 +9,39 @@ import torch
 from . import saved
 from .config import LRPConfig
 from .constants import ConstantRecorder
+from .diagnostics import (
+    CONSERVATION_LIMIT,
+    check_conservation,
+    check_seed,
+    check_training,
+    conservation,
+    is_lost_graph,
+    stale_graph_error,
+)
 from .engine import Engine, EngineResult
-from .errors import DynamicLRPError, NoGradGraphError, TargetError, UnsupportedOperationError
+from .errors import DynamicLRPError, NoGradGraphError, TargetError, UnrecoverableValueError, UnsupportedOperationError
 from .graph import Graph
+
+
+def _root_value(output: torch.Tensor):
+    """The explained tensor as the value of its node's only output (``None`` for multi-output nodes)."""
+    root = output.grad_fn
+    return output.detach() if root is not None and saved.num_outputs(root) == 1 else None
+
+
+def locate_unrecoverable(err: UnrecoverableValueError, model, inputs: tuple, forward_kwargs: dict):
+    """``err`` with the module path of its node, found by one extra forward pass with hooks (best effort)."""
+    from .coverage import _node_paths
+
+    if err.op is None or err.rank is None or not isinstance(model, torch.nn.Module):
+        return err
+    try:
+        paths = _node_paths(model, inputs, forward_kwargs, {err.op}).get(err.op, [])
+    except Exception:  # locating is best effort; the original error stays accurate
+        return err
+    if err.rank < len(paths) and paths[err.rank] is not None:
+        return err.located(paths[err.rank] or "<model>")
+    return err
 
 # ------------------------------------------------------------------------------------------------ targets
 
@@ -87,7 +117,8 @@ def _tap_for(graph: Graph, tensor: torch.Tensor):
 
 
 def propagate(output: torch.Tensor, inputs: Sequence[torch.Tensor], relevance: torch.Tensor | None = None,
-              config: LRPConfig | None = None, target=None, constants: dict | None = None) -> tuple:
+              config: LRPConfig | None = None, target=None, constants: dict | None = None,
+              model: torch.nn.Module | None = None) -> tuple:
     """Propagate relevance from ``output`` back to ``inputs`` through ``output``'s autograd graph.
 
     Parameters
@@ -95,17 +126,26 @@ def propagate(output: torch.Tensor, inputs: Sequence[torch.Tensor], relevance: t
     output: any tensor with a ``grad_fn``.
     inputs: tensors to collect relevance for: leaf inputs, parameters, or intermediate tensors kept from the
         forward pass. A tensor that requires grad but did not contribute to ``output`` gets zeros; one that does
-        not require grad (so the graph cannot reach it) raises.
+        not require grad (so the graph cannot reach it) raises. They also say what is an activation: an operand
+        whose subgraph reaches none of them (nor a non-parameter leaf upstream of an intermediate one) is a
+        parameter or constant for the rules (see :meth:`~dynamiclrp.graph.Graph.set_sources`); with only
+        ``nn.Parameter`` inputs, every leaf that is not a parameter is an input, and failing that, the data
+        outside the graph.
     relevance: starting relevance shaped like ``output``; default: ``output`` masked to ``target``
         (see :func:`seed_relevance`).
     config: rules and hyper-parameters (default :class:`LRPConfig()`).
     constants: ``ConstantRecorder.calls`` of the forward pass that made ``output``: values of operands outside
-        the graph (frozen biases, buffers) that some rules need. Without it such a need raises
-        :class:`~dynamiclrp.UnrecoverableValueError`::
+        the graph (frozen biases, buffers) that some rules need. Without it, such values are recovered from the
+        graph where that is exact (the constant addend of a sum a consumer saved is ``sum - other``); a value
+        nothing recovers that a rule uses on non-zero relevance raises :class:`~dynamiclrp.UnrecoverableValueError`
+        naming the op::
 
             with dynamiclrp.ConstantRecorder() as rec:
                 out = model(x)
             propagate(out, [x], constants=rec.calls)
+
+    model: the module that made ``output``, needed only for ``module:...`` keys of ``config.layer_map`` (its
+        parameters name the module of each product).
 
     Returns
     -------
@@ -130,12 +170,14 @@ def propagate(output: torch.Tensor, inputs: Sequence[torch.Tensor], relevance: t
         graph_taps.append(tap)
     want_params = any(isinstance(t, torch.nn.Parameter) for t in inputs)
     engine = Engine(graph, config, taps=[t for t in graph_taps if t is not None], want_params=want_params,
-                    constants=constants)
+                    constants=constants, model=model)
+    engine.root_output = _root_value(output)
     result = engine.run(relevance.detach(), slot=output.output_nr)
     out = []
     for t, tap in zip(inputs, graph_taps):
         r = None if tap is None else result.taps.get(tap)
         out.append(torch.zeros_like(t, dtype=relevance.dtype) if r is None else r.reshape(t.shape))
+    result.release()  # memory: no reference cycle may keep the autograd graph alive (EngineResult.release)
     return tuple(out)
 
 
@@ -148,12 +190,17 @@ class Explanation:
 
     Attributes
     ----------
-    relevance: one tensor per input, shaped like it (integer token inputs: per-token relevance ``[batch, seq]``).
+    relevance: one tensor per input, shaped like it (integer token inputs: per-token relevance ``[batch, seq]``;
+        a list, tuple or dict of tensors -- torchvision detection models take a list of images -- gets a list,
+        tuple or dict of relevances; ``None`` only for arguments that hold no tensor).
     embedding_relevance: for integer token inputs, the full relevance at the embedding output
         ``[batch, seq, hidden]`` (``None`` for float inputs).
     output: the model output that was explained (detached).
     seed: the starting relevance (output masked to the target).
     stats: node count, promise counts, chain nodes, maximum promise depth.
+    conservation: ``sum(input relevance) / sum(seed)`` per sample (float64; NaN for a zero seed), see
+        :mod:`dynamiclrp.diagnostics`: of order one on healthy models; :meth:`LRP.explain` warns when it is far
+        outside.
     """
 
     relevance: tuple
@@ -161,6 +208,14 @@ class Explanation:
     output: torch.Tensor
     seed: torch.Tensor
     stats: dict = field(default_factory=dict)
+    conservation: torch.Tensor | None = None
+
+    def _repr_html_(self) -> str:
+        """Notebook view: token heatmaps for token inputs, small PNG heatmaps for images
+        (:func:`dynamiclrp.viz.explanation_html`; pass ``tokens=`` there to label tokens)."""
+        from .viz import explanation_html
+
+        return explanation_html(self)
 
 
 def select_output(out: Any, selector=None) -> torch.Tensor:
@@ -204,13 +259,44 @@ class LRP:
         expl = self.explain(inputs, target=target, **forward_kwargs)
         return expl.relevance if isinstance(inputs, (tuple, list)) else expl.relevance[0]
 
-    def explain(self, inputs, target=None, **forward_kwargs) -> Explanation:
+    def explain(self, inputs, target=None, conservation_limit: float | None = CONSERVATION_LIMIT,
+                **forward_kwargs) -> Explanation:
         """Run the model on ``inputs`` and explain ``target``; returns an :class:`Explanation`.
 
         Float inputs are explained directly. Integer inputs (token ids of language models) are explained where
         relevance reaches the embedding lookup that consumed them: per-token relevance (summed over the hidden
         dimension) in ``relevance``, the full ``[batch, seq, hidden]`` relevance in ``embedding_relevance``.
+        An argument that is a list, tuple or dict of tensors (a detection model's list of images: pass
+        ``([img1, img2],)``) gets one relevance per tensor, in the same container.
+
+        Degenerate results warn (:class:`~dynamiclrp.errors.DynamicLRPWarning` subclasses, see
+        :mod:`dynamiclrp.diagnostics`): an explained output that is exactly zero, a model with dropout or batch
+        norm in training mode, and ``|Explanation.conservation| > conservation_limit`` for some sample
+        (``None``: no check). A graph that reaches freed tensors of an earlier forward pass (a cache inside the
+        model) raises :class:`~dynamiclrp.errors.StaleGraphError` saying how to reset it.
         """
+        return self.explain_targets(inputs, [target], conservation_limit, **forward_kwargs)[0]
+
+    def explain_targets(self, inputs, targets, conservation_limit: float | None = CONSERVATION_LIMIT,
+                        **forward_kwargs) -> list:
+        """Explain several targets of one forward pass: a list of :class:`Explanation`, one per target.
+
+        The model runs once; the recorded constants, the captured graph and the input taps are shared, and each
+        target's seed is propagated through that same graph. Results are bit-identical to one :meth:`explain`
+        call per target, at the cost of one forward pass instead of ``K``.
+
+        Parameters
+        ----------
+        targets: a list of anything :meth:`explain` takes as ``target`` (class indices for top-k or every class,
+            ``(position, token)`` tuples for several tokens of a sequence, per-sample lists, masks), or a 1-D
+            integer tensor of class indices (``logits.topk(k).indices[0]``). A tuple is not accepted, as a single
+            ``(position, token)`` target is one: wrap it in a list.
+
+        Example
+        -------
+        >>> top = lrp.explain_targets(x, logits.topk(3).indices[0])  # three explanations, one forward pass
+        """
+        targets = _target_list(targets)
         prepared = prepare_inputs(inputs)
         raw, recorder = run_recorded(self.model, prepared, forward_kwargs)
         output = select_output(raw, self.output_selector)
@@ -220,36 +306,41 @@ class LRP:
                 "or does it detach its output? dynamiclrp enables grad for the forward pass it runs, so a model "
                 "that disables it internally cannot be explained."
             )
-        seed = seed_relevance(output, target)
+        seeds = [seed_relevance(output, target) for target in targets]  # bad targets fail before any propagation
         graph = Graph.capture(output)
-        taps = [input_taps(graph, x, recorder) for x in prepared]
-        try:
-            engine = Engine(graph, self.config, taps=[t for ts in taps for t in ts if t is not None],
-                            constants=recorder.calls)
-        except UnsupportedOperationError as err:
-            raise self._located(err, prepared, forward_kwargs) from None
-        result = engine.run(seed, slot=output.output_nr)
-        relevance, emb = [], []
-        for x, ts in zip(prepared, taps):
-            if isinstance(x, torch.Tensor) and x.is_floating_point():
-                r = result.taps.get(ts[0]) if ts[0] is not None else None
-                relevance.append(torch.zeros_like(x) if r is None else r.reshape(x.shape))
-                emb.append(None)
-            elif isinstance(x, torch.Tensor):
-                found = [result.taps[t] for t in ts if result.taps.get(t) is not None]
-                if not found:
-                    raise DynamicLRPError(
-                        f"integer input of shape {tuple(x.shape)} reaches no embedding lookup in the graph; "
-                        "explain the embeddings instead (pass inputs_embeds)"
-                    )
-                full = sum(f.reshape(*x.shape, -1) for f in found)
-                emb.append(full)
-                relevance.append(full.sum(-1))
-            else:
-                relevance.append(None)
-                emb.append(None)
-        stats = summarize(result)
-        return Explanation(tuple(relevance), tuple(emb), output.detach(), seed, stats)
+        explanations = []
+        for seed in seeds:
+            try:
+                taps = [[input_taps(graph, t, recorder) for t in _elements(x)] for x in prepared]
+                engine = Engine(graph, self.config,
+                                taps=[t for arg in taps for ts in arg for t in ts if t is not None],
+                                constants=recorder.calls, model=self.model)
+                engine.root_output = _root_value(output)
+                result = engine.run(seed, slot=output.output_nr)
+            except UnsupportedOperationError as err:
+                raise self._located(err, prepared, forward_kwargs) from None
+            except UnrecoverableValueError as err:
+                raise locate_unrecoverable(err, self.model, prepared, forward_kwargs) from None
+            except RuntimeError as err:
+                if is_lost_graph(err):
+                    raise stale_graph_error(err) from err
+                raise
+            relevance, emb = [], []
+            for x, arg_taps in zip(prepared, taps):
+                pairs = [_tensor_relevance(t, ts, result, strict=isinstance(x, torch.Tensor))
+                         for t, ts in zip(_elements(x), arg_taps)]
+                relevance.append(_repack(x, [r for r, _ in pairs]))
+                emb.append(_repack(x, [e for _, e in pairs]))
+            stats = summarize(result)
+            result.release()  # memory: no reference cycle may keep the autograd graph alive (EngineResult.release)
+            del engine, result
+            flat = [r for x in relevance for r in _elements(x)]
+            check_seed(seed)
+            check_training(self.model, graph)
+            check_conservation(flat, seed, output, conservation_limit)
+            ratio = conservation(flat, seed)
+            explanations.append(Explanation(tuple(relevance), tuple(emb), output.detach(), seed, stats, ratio))
+        return explanations
 
 
     def _located(self, err: UnsupportedOperationError, inputs, forward_kwargs) -> UnsupportedOperationError:
@@ -267,6 +358,19 @@ class LRP:
         return UnsupportedOperationError(ops)
 
 
+def _target_list(targets) -> list:
+    """The targets of :meth:`LRP.explain_targets` as a list (see there)."""
+    if isinstance(targets, torch.Tensor) and targets.dim() == 1 and not targets.is_floating_point():
+        return [int(t) for t in targets]
+    if not isinstance(targets, list):
+        raise TargetError(f"targets must be a list of targets (or a 1-D tensor of class indices), got "
+                          f"{type(targets).__name__}; for one target call explain(), and wrap a (position, token) "
+                          "tuple in a list")
+    if not targets:
+        raise TargetError("targets is empty: give at least one target")
+    return targets
+
+
 def run_recorded(model, prepared: tuple, forward_kwargs: dict):
     """Run ``model`` with grad enabled under a :class:`ConstantRecorder` that knows the integer inputs; returns
     what the model returned and the recorder."""
@@ -277,19 +381,67 @@ def run_recorded(model, prepared: tuple, forward_kwargs: dict):
 
 
 def prepare_inputs(inputs) -> tuple:
-    """Inputs as a tuple; float tensors become fresh leaves that require grad (the caller's tensors untouched)."""
+    """Inputs as a tuple; float tensors become fresh leaves that require grad (the caller's tensors untouched),
+    also inside an argument that is a list, tuple or dict of tensors (one level: a detection model's images)."""
     if inputs is None:
         return ()
     inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    return tuple(x.detach().requires_grad_(True) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
-                 for x in inputs)
+    return tuple(_repack(x, [_fresh_leaf(t) for t in _elements(x)], keep=True) if _elements(x) and not isinstance(
+        x, torch.Tensor) else _fresh_leaf(x) for x in inputs)
+
+
+def _fresh_leaf(x):
+    return x.detach().requires_grad_(True) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+def _elements(x) -> list:
+    """The tensors of one model argument: the argument itself, or the tensors of a list, tuple or dict."""
+    if isinstance(x, torch.Tensor):
+        return [x]
+    values = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else ()
+    return [v for v in values if isinstance(v, torch.Tensor)]
+
+
+def _repack(x, values: list, keep: bool = False):
+    """``values`` (one per tensor of ``x``, see :func:`_elements`) in ``x``'s place: ``values[0]`` for a tensor,
+    the same container for a list, tuple or dict (entries that are not tensors become ``None``, or stay as they
+    are with ``keep``), else ``None``."""
+    if isinstance(x, torch.Tensor):
+        return values[0]
+    if not values:
+        return None
+    it = iter(values)
+    if isinstance(x, dict):
+        return {k: next(it) if isinstance(v, torch.Tensor) else v if keep else None for k, v in x.items()}
+    items = [next(it) if isinstance(v, torch.Tensor) else v if keep else None for v in x]
+    return type(x)(*items) if hasattr(x, "_fields") else type(x)(items)
+
+
+def _tensor_relevance(x: torch.Tensor, taps: list, result: EngineResult, strict: bool = True) -> tuple:
+    """``(relevance, embedding relevance)`` of one input tensor from the engine's taps (see :meth:`LRP.explain`).
+    An integer tensor that reaches no embedding lookup raises when ``strict`` (a model argument), else has none
+    (an index tensor inside a list)."""
+    if x.is_floating_point():
+        r = result.taps.get(taps[0]) if taps and taps[0] is not None else None
+        return (torch.zeros_like(x) if r is None else r.reshape(x.shape)), None
+    found = [result.taps[t] for t in taps if result.taps.get(t) is not None]
+    if not found:
+        if not strict:
+            return None, None
+        raise DynamicLRPError(
+            f"integer input of shape {tuple(x.shape)} reaches no embedding lookup in the graph; "
+            "explain the embeddings instead (pass inputs_embeds)"
+        )
+    full = sum(f.reshape(*x.shape, -1) for f in found)
+    return full.sum(-1), full
 
 
 def input_taps(graph: Graph, x, recorder: ConstantRecorder | None = None) -> list:
     """Where one model input's relevance lands: the leaf of a float tensor, the embedding lookups of integer
-    ids (see :func:`_embedding_taps`), nothing for other arguments."""
+    ids (see :func:`_embedding_taps`), those of each tensor of a list, tuple or dict argument, nothing for other
+    arguments."""
     if not isinstance(x, torch.Tensor):
-        return []
+        return [t for e in _elements(x) for t in input_taps(graph, e, recorder)]
     if x.is_floating_point():
         return [_tap_for(graph, x)]
     return _embedding_taps(graph, x, recorder.lifted_for(x) if recorder is not None else ())

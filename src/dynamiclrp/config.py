@@ -33,11 +33,14 @@ class LRPConfig:
         ``"uniform"`` (AttnLRP's uniform rule, half to each factor) or ``"cp"`` (CP-LRP, Ali et al. 2022: the
         attention weights and the gate are held constant, all relevance goes to the value path).
     canonize:
-        Merge eval-mode batch normalisation into the product before it for the purposes of the rules, as Zennit's
-        canonizers do (the model is not modified).
+        Merge eval-mode batch normalisation into the convolution or linear product before it for the purposes of
+        the rules, as Zennit's canonizers do: the rule sees ``W' = a*W``, ``b' = a*(b - mu) + beta`` and the batch
+        norm passes relevance through (the model is not modified; see :mod:`dynamiclrp.layer_map`).
     layer_map:
-        Per-position product rules (see :mod:`dynamiclrp.presets`): a mapping from a position key to a rule spec.
-        Empty: ``epsilon``/``gamma_*``/``zplus`` above decide everywhere.
+        Per-position product rules, validated here: ``{"first": ZBox(low, high), "conv": Gamma(0.25),
+        "linear": Epsilon(1e-6), "module:features.0": Flat()}`` with specs from :mod:`dynamiclrp.rules.specs`.
+        Specificity: ``module:<glob>`` > ``first`` > ``conv``/``linear`` > the global fields. Empty:
+        ``epsilon``/``gamma_*``/``zplus`` above decide everywhere. See :mod:`dynamiclrp.layer_map`.
     check_finite:
         Raise :class:`~dynamiclrp.errors.NonFiniteRelevanceError` at the first node whose relevance holds NaN/Inf.
     unsupported:
@@ -79,7 +82,11 @@ class LRPConfig:
             if not isinstance(rule, OpRule):
                 raise TypeError(f"rule_overrides[{key!r}] must be an OpRule instance, got {type(rule).__name__}")
         object.__setattr__(self, "rule_overrides", MappingProxyType(dict(self.rule_overrides)))
-        object.__setattr__(self, "layer_map", MappingProxyType(dict(self.layer_map)))
+        if not isinstance(self.canonize, bool):
+            raise TypeError(f"canonize must be True or False, got {self.canonize!r}")
+        from .layer_map import validate
+
+        object.__setattr__(self, "layer_map", MappingProxyType(validate(self.layer_map)))
 
     @classmethod
     def epsilon_rule(cls, epsilon: float = 1e-6) -> "LRPConfig":
@@ -92,18 +99,50 @@ class LRPConfig:
         return cls(epsilon=epsilon, gamma_linear=gamma, gamma_conv=gamma)
 
     @classmethod
-    def attnlrp(cls, epsilon: float = 1e-6) -> "LRPConfig":
+    def attnlrp(cls, epsilon: float = 1e-12) -> "LRPConfig":
         """AttnLRP (Achtibat et al. 2024); see :func:`dynamiclrp.presets.attnlrp`."""
         from .presets import attnlrp
 
         return attnlrp(epsilon=epsilon)
 
     @classmethod
-    def cp_lrp(cls, epsilon: float = 1e-6) -> "LRPConfig":
+    def cp_lrp(cls, epsilon: float = 1e-12) -> "LRPConfig":
         """CP-LRP (Ali et al. 2022); see :func:`dynamiclrp.presets.cp_lrp`."""
         from .presets import cp_lrp
 
         return cp_lrp(epsilon=epsilon)
+
+    @classmethod
+    def epsilon_plus(cls, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> "LRPConfig":
+        """Zennit's ``EpsilonPlus`` composite (Montavon et al. 2019); see :func:`dynamiclrp.presets.epsilon_plus`."""
+        from .presets import epsilon_plus
+
+        return epsilon_plus(epsilon=epsilon, stabilizer=stabilizer)
+
+    @classmethod
+    def epsilon_gamma_box(cls, low, high, epsilon: float = 1e-6, gamma: float = 0.25,
+                          stabilizer: float = 1e-6) -> "LRPConfig":
+        """Zennit's ``EpsilonGammaBox`` composite (Montavon et al. 2019; Kohlbrenner et al. 2020); see
+        :func:`dynamiclrp.presets.epsilon_gamma_box`."""
+        from .presets import epsilon_gamma_box
+
+        return epsilon_gamma_box(low=low, high=high, epsilon=epsilon, gamma=gamma, stabilizer=stabilizer)
+
+    @classmethod
+    def epsilon_plus_flat(cls, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> "LRPConfig":
+        """Zennit's ``EpsilonPlusFlat`` composite (Kohlbrenner et al. 2020); see
+        :func:`dynamiclrp.presets.epsilon_plus_flat`."""
+        from .presets import epsilon_plus_flat
+
+        return epsilon_plus_flat(epsilon=epsilon, stabilizer=stabilizer)
+
+    @classmethod
+    def epsilon_alpha2_beta1(cls, epsilon: float = 1e-6, stabilizer: float = 1e-6) -> "LRPConfig":
+        """Zennit's ``EpsilonAlpha2Beta1`` composite (Bach et al. 2015; Montavon et al. 2019); see
+        :func:`dynamiclrp.presets.epsilon_alpha2_beta1`."""
+        from .presets import epsilon_alpha2_beta1
+
+        return epsilon_alpha2_beta1(epsilon=epsilon, stabilizer=stabilizer)
 
     def __hash__(self):  # MappingProxyType is unhashable; configs key plan caches
         return hash((self.epsilon, self.gamma_linear, self.gamma_conv, self.zplus, self.add_rule,

@@ -10,6 +10,10 @@ activations. Rules map call arguments to their edges (:meth:`~dynamiclrp.rules.O
 >>> with ConstantRecorder() as rec:
 ...     out = model(x)
 >>> Engine(Graph.capture(out), config, constants=rec.calls)
+
+Without a recording, :func:`consumer_saved_output` and :func:`invert` recover what the graph determines: the
+output of an add is often saved by the op that reads it (a matmul, a norm, a product), and then its constant
+addend is ``b = (y - s_0 a) / s_1`` once the other operand ``a`` is known (a promise retrieves it).
 """
 from __future__ import annotations
 
@@ -193,38 +197,61 @@ def _nodes_of_call(root, argument_nodes, limit: int = _MAX_NODES_PER_CALL) -> li
     return found
 
 
-def feeds_softmax_only(graph, node, rule_of) -> bool:
+def feeds_softmax_only(graph, node, rule_of, memo: dict | None = None) -> bool:
     """Whether every path from ``node``'s output reaches a softmax-like input (a rule that absorbs additive
     constants) through value-routing ops (view, permute, masked_fill, dtype casts...) and further additions of
-    constants only. Then a constant addend of ``node`` is a bias of that softmax. ``rule_of(node)`` gives rules."""
+    constants only. Then a constant addend of ``node`` is a bias of that softmax. ``rule_of(node)`` gives rules.
+
+    ``memo`` (node -> verdict), shared by the calls of one propagation, makes the calls for all nodes of a graph
+    linear in its size together: each node's consumers are examined once (a chain of ``n`` constant additions
+    asks about every link; without it, that is ``n^2 / 2`` visits). Iterative, so chains of any length work."""
     from .rules.base import RoutingRule
 
-    seen, todo = set(), [node]
-    while todo:
-        v = todo.pop()
-        if not graph.consumers[v]:  # the explained output itself
+    memo = {} if memo is None else memo
+
+    def passes(c) -> bool | None:
+        """``True``: ``c`` absorbs constants; ``None``: ``c`` passes values on (ask its consumers); ``False``."""
+        rule = rule_of(c)
+        if rule is not None and rule.absorbs_input_constants:
+            return True
+        live = sum(child is not None for child, _ in graph.edges[c])
+        if rule is None or live != 1 or not (isinstance(rule, RoutingRule) or rule.absorbable_constants(c)
+                                             or _scales_by_constant(graph, c)):
             return False
+        return None
+
+    stack = [node]
+    while stack:
+        v = stack[-1]
+        if v in memo:
+            stack.pop()
+            continue
+        verdict, todo = bool(graph.consumers[v]), []  # no consumer: the explained output itself
         for c, _edge in graph.consumers[v]:
-            if c in seen:
-                continue
-            seen.add(c)
-            rule = rule_of(c)
-            if rule is not None and rule.absorbs_input_constants:
-                continue
-            live = sum(child is not None for child, _ in graph.edges[c])
-            if rule is None or live != 1 or not (isinstance(rule, RoutingRule) or rule.absorbable_constants(c)):
-                return False
-            todo.append(c)
-    return True
+            ok = passes(c)
+            if ok is None and c in memo:
+                ok = memo[c]
+            if ok is False:
+                verdict = False
+                break
+            if ok is None:
+                todo.append(c)
+        if verdict and todo:
+            stack.extend(todo)  # decide the consumers first, then come back to v
+            continue
+        memo[v] = verdict
+        stack.pop()
+    return memo[node]
 
 
-def fill_constants(graph, node, rule, vals: list, calls: dict, rule_of) -> None:
+def fill_constants(graph, node, rule, vals: list, calls: dict, rule_of, memo: dict | None = None) -> None:
     """Fill ``vals`` (operand values of ``node``, ``None`` where unknown) for edges outside the graph: zeros for
     an additive constant that a softmax absorbs as a bias (whether or not it was recorded, so the result does not
-    depend on it), else what a :class:`ConstantRecorder` kept in ``calls`` (frozen biases and tables, masks)."""
+    depend on it), else what a :class:`ConstantRecorder` kept in ``calls`` (frozen biases and tables, masks).
+    ``memo``: the :func:`feeds_softmax_only` verdicts of this propagation (pass the same dict for every node)."""
     edges = graph.edges[node]
     absorbable = [i for i in rule.absorbable_constants(node) if edges[i][0] is None and vals[i] is None]
-    if absorbable and feeds_softmax_only(graph, node, rule_of):
+    if absorbable and feeds_softmax_only(graph, node, rule_of, memo):
         for i in absorbable:
             vals[i] = saved.zeros(node, 0)
     call = calls.get(node)
@@ -234,3 +261,91 @@ def fill_constants(graph, node, rule, vals: list, calls: dict, rule_of) -> None:
         if edges[edge][0] is None and vals[edge] is None and value is not None:
             vals[edge] = (value.detach() if isinstance(value, torch.Tensor)
                           else torch.tensor(value, dtype=saved.output_dtypes(node)[0]))
+
+
+# ------------------------------------------------------------------------------------- recovery from the graph
+
+#: ops that only reshape (same entries, same order): a value saved after one of them is the value before it
+_RESHAPES = ("ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward", "SqueezeBackward", "UnsqueezeBackward",
+             "CloneBackward", "AliasBackward")
+#: how far :func:`consumer_saved_output` looks through reshapes for a consumer that saved the value
+_RESHAPE_DEPTH = 4
+
+
+def consumer_saved_output(graph, node, rule_of, slot: int = 0):
+    """The value of ``node``'s output ``slot`` as a *consumer* saved it, or ``None``.
+
+    Autograd keeps what a backward needs, which is often the input of the next op: a matrix product saves its
+    input, a layer norm saves its input, a product saves the other factor. So the output of an op whose own node
+    saved nothing (an addition) is frequently kept by the op that reads it. Consumers are searched through
+    reshapes (``view``, ``unsqueeze``...; up to :data:`_RESHAPE_DEPTH` of them); a value is accepted only if its
+    shape and dtype are those of the output. ``rule_of(node)`` gives the rules, whose
+    :meth:`~dynamiclrp.rules.OpRule.known_inputs` say which saved tensor is which operand."""
+    shape = saved.output_shapes(node)[slot]
+    dtype = saved.output_dtypes(node)[slot]
+    frontier = [(node, slot)]
+    for _depth in range(_RESHAPE_DEPTH + 1):
+        ahead = []
+        for producer, pslot in frontier:
+            for consumer, edge in graph.consumers.get(producer, ()):
+                if graph.edges[consumer][edge] != (producer, pslot):
+                    continue
+                rule = rule_of(consumer)
+                if rule is None:
+                    continue
+                try:
+                    value = rule.known_inputs(consumer)[edge]
+                except (AttributeError, RuntimeError, IndexError):  # a rule reused for an op it does not know
+                    value = None
+                if (isinstance(value, torch.Tensor) and value.dtype == dtype
+                        and value.shape == saved.output_shapes(producer)[pslot]):
+                    return value.detach().reshape(shape)  # reshapes keep the order of entries
+                if saved.op_name(consumer) in _RESHAPES and saved.num_outputs(consumer) == 1:
+                    ahead.append((consumer, 0))
+        frontier = ahead
+        if not frontier:
+            break
+    return None
+
+
+def _additive_signs(node):
+    """``(s_0, s_1)`` with ``y = s_0 * a + s_1 * b`` for add / sub / rsub nodes (``alpha`` included)."""
+    alpha = saved.get(node, "alpha", 1)
+    name = saved.op_name(node)
+    if name == "SubBackward":
+        return (1, -alpha)
+    if name == "RsubBackward":
+        return (-alpha, 1)
+    return (1, alpha)
+
+
+def invertible_edges(node) -> tuple:
+    """Edges outside the graph whose value :func:`invert` can compute from the output and the other operands:
+    the constant addend of a two-operand add / sub / rsub (``y = s_0 a + s_1 b`` is solved exactly for the
+    constant). Empty for every other op (a product ``y = a b`` is not invertible where the other factor is 0)."""
+    if saved.op_name(node) not in ("AddBackward", "SubBackward", "RsubBackward") or len(node.next_functions) != 2:
+        return ()
+    signs = _additive_signs(node)
+    return tuple(i for i, (child, _slot) in enumerate(node.next_functions) if child is None and signs[i] != 0)
+
+
+def invert(node, vals: list, output) -> None:
+    """Fill the :func:`invertible_edges` of ``node`` that are ``None`` in ``vals`` from its ``output`` and the
+    other operand: ``b = (y - s_0 a) / s_1``. The result has the output's shape (a broadcast constant is
+    returned broadcast), which is all the add rule and its forward need. Needs the other operand known."""
+    signs = _additive_signs(node)
+    for i in invertible_edges(node):
+        other = vals[1 - i]
+        if vals[i] is None and other is not None and output is not None:
+            rest = output - signs[1 - i] * other.to(output.dtype)
+            vals[i] = rest if signs[i] == 1 else rest / signs[i]
+
+
+def _scales_by_constant(graph, node) -> bool:
+    """``z * c`` or ``z / c`` with ``c`` outside the graph (attention scores scaled after the mask was added, as
+    CodeGen does): linear in ``z``, so a constant added to ``z`` stays an additive constant (``c * m``)."""
+    name = saved.op_name(node)
+    edges = graph.edges[node]
+    if name == "MulBackward" and len(edges) == 2:
+        return True
+    return name == "DivBackward" and len(edges) == 2 and edges[0][0] is not None

@@ -21,7 +21,7 @@ from . import saved
 from .api import input_taps, prepare_inputs, run_recorded, seed_relevance, select_output, summarize
 from .config import LRPConfig
 from .engine import Engine
-from .errors import NoGradGraphError
+from .errors import NoGradGraphError, UnrecoverableValueError
 from .graph import Graph
 from .rules import lookup
 
@@ -77,6 +77,10 @@ class CoverageReport:
         inputs; for a bare ``output``, every leaf that is not an ``nn.Parameter``.
     engine_error : str or None
         Why the engine run failed, if it did (e.g. an unrecoverable operand value); ``stats`` is then ``None``.
+    blocking : list of dict
+        Nodes that have a rule but cannot be explained: ``{"op", "inputs", "module"}`` for each node whose rule
+        needs a constant operand nothing can recover (the engine's dry-run planning, :meth:`Engine.plan`;
+        confirmed by the engine run when ``run=True``, which drops nodes whose relevance is exactly zero).
     """
 
     label: str
@@ -85,6 +89,7 @@ class CoverageReport:
     ops: list[OpCoverage]
     stats: dict | None = None
     engine_error: str | None = None
+    blocking: list = field(default_factory=list)
 
     # -------------------------------------------------------------------------------------------- summary
     @property
@@ -104,8 +109,9 @@ class CoverageReport:
 
     @property
     def complete(self) -> bool:
-        """Whether every node has a rule, i.e. the model can be explained."""
-        return self.covered_nodes == self.nodes
+        """Whether the model can be explained: every node has a rule, no node is :attr:`blocking` and the engine
+        run (if any) succeeded."""
+        return self.covered_nodes == self.nodes and not self.blocking and self.engine_error is None
 
     @property
     def uncovered(self) -> dict[str, dict]:
@@ -127,6 +133,7 @@ class CoverageReport:
             "ops": [asdict(op) for op in self.ops],
             "stats": None if self.stats is None else dict(self.stats),
             "engine_error": self.engine_error,
+            "blocking": [dict(b) for b in self.blocking],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -138,7 +145,7 @@ class CoverageReport:
         """Rebuild a report from :meth:`to_dict` (or parsed :meth:`to_json`) output."""
         return cls(label=data["label"], nodes=data["nodes"], covered_nodes=data["covered_nodes"],
                    ops=[OpCoverage(**op) for op in data["ops"]], stats=data.get("stats"),
-                   engine_error=data.get("engine_error"))
+                   engine_error=data.get("engine_error"), blocking=list(data.get("blocking", [])))
 
     def __str__(self) -> str:
         width = max([len(op.name) for op in self.ops] + [len("op type")])
@@ -157,6 +164,11 @@ class CoverageReport:
             f"nodes covered:    {self.covered_nodes} / {self.nodes} ({100 * self.fraction:.1f}%)",
             f"op types covered: {self.covered_op_types} / {self.op_types}",
         ]
+        for b in self.blocking:
+            where = "?" if b["module"] is None else b["module"] or _ROOT
+            lines.append(f"✗ not explainable: {b['op']} (in {where}) needs constant input(s) {b['inputs']} "
+                         "that nothing recovers; run the forward pass under "
+                         "dynamiclrp.ConstantRecorder or use LRP(model).explain")
         if self.stats is not None:
             s = self.stats
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(s["promises_by_kind"].items())) or "none"
@@ -171,7 +183,7 @@ class CoverageReport:
             ]
         elif self.engine_error is not None:
             lines.append(f"engine run failed: {self.engine_error}")
-        elif not self.complete:
+        elif self.covered_nodes != self.nodes:
             lines.append("not every op has a rule: no explanation was run (see NO RULE above)")
         return "\n".join(lines)
 
@@ -251,12 +263,42 @@ def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None =
 
     report = CoverageReport(label, len(graph), covered_nodes,
                             sorted(ops.values(), key=lambda o: (o.covered, -o.count, o.name)))
-    if run and report.complete:
-        try:
-            report.stats = _promise_stats(graph, output, prepared, config, target, recorder)
-        except RuntimeError as err:  # DynamicLRPError (an unrecoverable operand...) or an engine failure
+    if report.covered_nodes == report.nodes:
+        try:  # the same engine (and value planning) that explain runs
+            engine = Engine(graph, config, taps=_input_taps(graph, prepared, recorder),
+                            constants=recorder.calls if recorder is not None else None)
+            engine.root_output = output.detach() if saved.num_outputs(graph.root) == 1 else None
+            blockers = [(saved.full_name(u), engine.rank(u), edges) for u, edges in engine.plan()]
+        except UnrecoverableValueError as err:  # a rule refused its node before any propagation (CopySlices)
             report.engine_error = f"{type(err).__name__}: {err}"
+            engine, blockers, run = None, [(err.op or "?", err.rank or 0, [])], False
+        if run:
+            try:
+                report.stats = _promise_stats(engine, output, target)
+                blockers = []  # planned blockers the run met with exactly zero relevance: harmless
+            except UnrecoverableValueError as err:
+                report.engine_error = f"{type(err).__name__}: {err}"
+                planned = [b for b in blockers if (b[0], b[1]) == (err.op, err.rank)]
+                blockers = planned or ([(err.op, err.rank, [])] if err.op is not None else blockers)
+            except RuntimeError as err:  # DynamicLRPError or an engine failure
+                report.engine_error = f"{type(err).__name__}: {err}"
+        report.blocking = _locate(blockers, model, prepared, forward_kwargs)
     return report
+
+
+def _locate(blockers: list, model, inputs: tuple, forward_kwargs: dict) -> list:
+    """``{"op", "inputs", "module"}`` per blocking node; module paths by one hooked forward pass of ``model``."""
+    paths: dict = {}
+    if blockers and isinstance(model, nn.Module):
+        try:
+            paths = _node_paths(model, inputs, forward_kwargs, {op for op, _, _ in blockers})
+        except Exception:  # locating is best effort
+            paths = {}
+    found = []
+    for op, rank, edges in blockers:
+        where = paths.get(op, [])
+        found.append({"op": op, "inputs": list(edges), "module": where[rank] if rank < len(where) else None})
+    return found
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -273,13 +315,11 @@ def _input_taps(graph: Graph, inputs: tuple, recorder=None) -> list:
     return list(dict.fromkeys(t for t in taps if t is not None))
 
 
-def _promise_stats(graph: Graph, output: torch.Tensor, inputs: tuple, config: LRPConfig, target,
-                   recorder=None) -> dict:
-    """Run the engine once; the paper's Table 2 columns plus the relevance that reached the inputs."""
+def _promise_stats(engine: Engine, output: torch.Tensor, target) -> dict:
+    """Run ``engine`` (built on the input taps) once; the paper's Table 2 columns plus the relevance that reached
+    the inputs."""
     seed = seed_relevance(output, target)
-    taps = _input_taps(graph, inputs, recorder)
-    constants = recorder.calls if recorder is not None else None
-    result = Engine(graph, config, taps=taps, constants=constants).run(seed, slot=output.output_nr)
+    result = engine.run(seed, slot=output.output_nr)
     seed_total = float(seed.sum())
     input_total = sum(float(r.sum()) for r in result.taps.values() if r is not None)
     return {
@@ -320,8 +360,20 @@ def _clock() -> int:
 
 
 def _module_paths(model: nn.Module, inputs: tuple, forward_kwargs: dict, names: set) -> dict[str, dict[str, int]]:
-    """Run ``model`` again with temporary forward hooks and find, for each uncovered node of the new graph, the
-    innermost module that created it.
+    """Module path -> nodes there, for each node type in ``names`` (see :func:`_node_paths`)."""
+    places: dict[str, dict[str, int]] = {}
+    for name, paths in _node_paths(model, inputs, forward_kwargs, names).items():
+        for path in paths:
+            if path is not None:
+                where = places.setdefault(name, {})
+                where[path] = where.get(path, 0) + 1
+    return {name: dict(sorted(where.items())) for name, where in places.items()}
+
+
+def _node_paths(model: nn.Module, inputs: tuple, forward_kwargs: dict, names: set) -> dict[str, list]:
+    """Run ``model`` again with temporary forward hooks and find, for each node of the new graph whose type is in
+    ``names``, the innermost module that created it: ``{name: [path or None, one per node in topological order]}``
+    (the ``k``-th entry is the ``k``-th node of that type, as an engine run over the same forward numbers them).
 
     Each module's hook walks from the ``grad_fn`` of its outputs down to the ``grad_fn`` of its inputs (as they
     were when the module was entered), through nodes created while the module ran only, and claims the nodes of
@@ -359,15 +411,12 @@ def _module_paths(model: nn.Module, inputs: tuple, forward_kwargs: dict, names: 
             handles.append(module.register_forward_hook(make_hook(path), with_kwargs=True))
         with torch.enable_grad():
             output = select_output(model(*inputs, **forward_kwargs))
-        places: dict[str, dict[str, int]] = {}
+        found: dict[str, list] = {}
         for node in Graph.capture(output).order:
             name = saved.full_name(node)
             if name in names:
-                path = owner.get(node)
-                if path is not None:
-                    where = places.setdefault(name, {})
-                    where[path] = where.get(path, 0) + 1
-        return {name: dict(sorted(where.items())) for name, where in places.items()}
+                found.setdefault(name, []).append(owner.get(node))
+        return found
     finally:
         for handle in handles:
             handle.remove()
@@ -375,3 +424,102 @@ def _module_paths(model: nn.Module, inputs: tuple, forward_kwargs: dict, names: 
             for name, b in model.named_buffers():
                 if name in buffers and b.shape == buffers[name].shape:
                     b.copy_(buffers[name])
+
+
+# ------------------------------------------------------------------------------------ op-type coverage
+
+#: families of autograd node types, matched in order by a substring of the node name (first match wins); used
+#: to group the node types without a rule in :func:`op_coverage`
+OP_FAMILIES = (
+    ("sparse / nested layouts", ("Sparse", "Nested", "ToDense", "ToPadded", "Coalesce", "ValuesBackward",
+                                 "SegmentReduce", "PinMemory")),
+    ("quantisation", ("FakeQuantize", "FusedMovingAvgObs")),
+    ("backend kernels (cuDNN, MIOpen, MPS, oneDNN, NNPACK, slow conv)", (
+        "Cudnn", "Miopen", "Mps", "Mkldnn", "Nnpack", "Slow", "Overrideable", "ThnnFused", "ConvTbc",
+        "ConvDepthwise", "LstmMps")),
+    ("complex numbers and FFTs", ("Fft", "Complex", "Conj", "Angle", "Polar", "NegView")),
+    ("linear algebra", ("Linalg", "Cholesky", "TriangularSolve", "LuUnpack", "Geqrf", "Ormqr", "Householder")),
+    ("losses", ("Loss", "Nll", "CrossEntropy", "BinaryCrossEntropy")),
+    ("random sampling", ("Bernoulli", "Normal", "Uniform", "Cauchy", "Exponential", "Geometric", "RandomBackward",
+                         "Poisson", "StandardGamma", "FusedDropout", "RreluWithNoiseFunctional")),
+    ("comparisons", ("EqBackward", "NeBackward", "GeBackward", "GtBackward", "LeBackward", "LtBackward")),
+    ("foreach (multi-tensor) ops", ("Foreach",)),
+    ("attention kernels", ("Attention", "MaskedSoftmax", "BackwardData")),
+    ("recurrent cells and scans", ("Rnn", "Lstm", "Gru")),
+    ("products and distances", ("Addbmm", "Addmv", "Addr", "Trilinear", "Cdist", "Dist", "Matmul", "Kron",
+                                "EmbeddingBag")),
+    ("normalisation", ("Norm", "Renorm")),
+    ("test and internal nodes", ("Test", "SendRpc", "UndefinedGrad")),
+)
+
+
+def op_types() -> list[str]:
+    """Every first-order autograd node type of this torch build: the ``...BackwardN`` classes of
+    ``torch._C._functions`` that are not double-backward nodes (``...BackwardBackwardN``), sorted."""
+    import re
+
+    pattern = re.compile(r"Backward\d*$")
+    return sorted(n for n in dir(torch._C._functions) if pattern.search(n) and "BackwardBackward" not in n)
+
+
+def op_family(name: str) -> str:
+    """The family of an autograd node type name (see :data:`OP_FAMILIES`), ``"other"`` if none matches."""
+    for family, keys in OP_FAMILIES:
+        if any(k in name for k in keys):
+            return family
+    return "other"
+
+
+@dataclass
+class OpTypeCoverage:
+    """Which autograd node types of this torch build have a rule (:func:`op_coverage`).
+
+    Attributes
+    ----------
+    total : int
+        First-order node types torch defines.
+    covered : dict
+        Node type -> class name of its rule.
+    missing : dict
+        Family (:func:`op_family`) -> node types without a rule, sorted.
+    """
+
+    total: int
+    covered: dict[str, str]
+    missing: dict[str, list[str]]
+
+    @property
+    def fraction(self) -> float:
+        return len(self.covered) / self.total if self.total else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"torch": torch.__version__, "total": self.total, "covered": len(self.covered),
+                "fraction": self.fraction, "rules": self.covered, "missing": self.missing}
+
+    def __str__(self) -> str:
+        lines = [f"torch {torch.__version__}: {len(self.covered)} of {self.total} first-order autograd node types "
+                 f"have a rule ({100 * self.fraction:.1f} %)"]
+        if self.missing:
+            lines.append(f"without a rule ({self.total - len(self.covered)}), by family:")
+            for family, names in self.missing.items():
+                lines.append(f"  {family} ({len(names)}): {', '.join(names)}")
+        return "\n".join(lines)
+
+
+def op_coverage(config: LRPConfig | None = None) -> OpTypeCoverage:
+    """Rule coverage of torch's first-order autograd node types (:func:`op_types`), independent of any model:
+    which have a rule (``config.rule_overrides`` count) and which do not, grouped by family."""
+    from .rules import RULES
+
+    overrides = dict(config.rule_overrides) if config is not None else {}
+    covered, missing = {}, {}
+    for name in op_types():
+        short = saved._VERSION_DIGIT.sub("", name)
+        rule = next((t[k] for t in (overrides, RULES) for k in (name, short) if k in t), None)
+        if rule is not None:
+            covered[name] = type(rule).__name__
+        else:
+            missing.setdefault(op_family(name), []).append(name)
+    order = [f for f, _ in OP_FAMILIES] + ["other"]
+    return OpTypeCoverage(len(covered) + sum(map(len, missing.values())), covered,
+                          {f: missing[f] for f in order if f in missing})

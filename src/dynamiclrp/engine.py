@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from . import saved
-from .constants import fill_constants
+from .constants import consumer_saved_output, fill_constants, invert, invertible_edges
 from .errors import NonFiniteRelevanceError, UnrecoverableValueError, UnsupportedOperationError
 from .graph import Graph
 from .promise import Branch, ChainStep, Promise
@@ -38,30 +38,54 @@ class EngineResult:
     chain_nodes: int
     graph: Graph
 
+    def release(self) -> None:
+        """Break the ``Promise <-> Branch`` reference cycles and drop the graph. Call it once the statistics are
+        read: otherwise the promises are cyclic garbage that only Python's cyclic collector frees, and through
+        their origin nodes they keep the whole autograd graph -- every activation autograd saved -- alive across
+        explanations (repeated GPT-2 explanations grew by a forward pass's memory per call, issue 13)."""
+        for promise in self.promises:
+            for branch in promise.branches.values():
+                branch.promise = None
+            promise.parents = []
+        self.promises = []
+        self.graph = None
+
     def promise_depth(self, promise: Promise, _memo=None) -> int:
         """Longest distance from the origin's producers to an Arg Node over the promise's branches (nested
-        promises included): the paper's ``d(v_p)``."""
+        promises included): the paper's ``d(v_p)``.
+
+        Iterative (an explicit stack, children before parents), so thousands of nested promises -- a deep residual
+        stack -- need no Python recursion; ``_memo`` shares results between calls for several promises."""
         memo = {} if _memo is None else _memo
-        if id(promise) in memo:
-            return memo[id(promise)]
         if "origins" not in memo:
             memo["origins"] = {p.origin: p for p in self.promises}
-        best = 0
-        for b in promise.branches.values():
-            if not b.requests_value:
+        origins = memo["origins"]
+
+        def children(p):
+            for b in p.branches.values():
+                if b.requests_value:
+                    child = origins.get(b.terminal)
+                    yield b, (child if child is not None and child is not p else None)
+
+        stack = [promise]
+        while stack:
+            p = stack[-1]
+            if id(p) in memo:
+                stack.pop()
                 continue
-            depth = len(b.chain)
-            child = memo["origins"].get(b.terminal)
-            if child is not None and child is not promise:
-                depth += 1 + self.promise_depth(child, memo)
-            best = max(best, depth)
-        memo[id(promise)] = best
-        return best
+            todo = [c for _, c in children(p) if c is not None and id(c) not in memo]
+            if todo:
+                stack.extend(todo)
+                continue
+            memo[id(p)] = max((len(b.chain) + (0 if c is None else 1 + memo[id(c)]) for b, c in children(p)),
+                              default=0)
+            stack.pop()
+        return memo[id(promise)]
 
 
 class _State:
     __slots__ = ("rule", "pending", "awaiting", "rel", "requests", "served", "value", "promise", "mode", "done",
-                 "known")
+                 "known", "derive", "unknown", "output")
 
     def __init__(self, rule, pending, nslots):
         self.rule = rule
@@ -75,25 +99,40 @@ class _State:
         self.mode = None  # None | "chain" | "promise" | "plain"
         self.done = False
         self.known = None
+        self.derive = None  # (constant edges, output value): solved from the output once the operands are known
+        self.unknown = ()  # constant edges nothing can recover: an error if a rule or a forward uses them
+        self.output = None  # the outputs as a consumer saved them (a node with constant operands only)
 
 
 class Engine:
     """One relevance propagation over a captured graph. Holds all traversal state; rules hold none."""
 
-    def __init__(self, graph: Graph, config, taps=(), want_params=False, constants=None):
+    #: the value of the root's output (the explained tensor, when its node has one output), set by the caller
+    #: before :meth:`run`: lets a constant added last (a logits bias) be solved as ``output - other``
+    root_output = None
+
+    def __init__(self, graph: Graph, config, taps=(), want_params=False, constants=None, model=None):
         self.graph = graph
         self.constants = constants or {}  # grad_fn -> constants.Call of the forward pass
+        self.recorded = constants is not None  # the forward pass ran under a ConstantRecorder
         self.config = config
         self.taps = {t: None for t in taps}
         self.tap_nodes = {n for n, _ in self.taps}
         self.want_params = want_params
+        # operands that reach an explained input are activations, anything else parameters/constants (graph.py)
+        sources = graph.set_sources(list(self.taps))
         self.state = {}
         unsupported: dict[str, list] = {}
         for node in graph.order:
             name = saved.op_name(node)
             rule = None if name == _LEAF else lookup(node, config.rule_overrides)
             if rule is not None:
-                rule = rule.specialize(node, self.constants.get(node))
+                try:
+                    rule = rule.specialize(node, self.constants.get(node))
+                except UnrecoverableValueError as err:
+                    raise self._named(err, node) from None
+            if rule is None and name != _LEAF and not want_params and graph.is_constant_node(node):
+                rule = _CONSTANT  # a function of parameters only: no relevance it gets can reach an input
             if rule is None and name != _LEAF:
                 unsupported.setdefault(saved.full_name(node), []).append(None)
             nslots = 1 if name == _LEAF else saved.num_outputs(node)
@@ -108,6 +147,13 @@ class Engine:
             for node in graph.order:
                 if self.state[node].rule is None and saved.op_name(node) != _LEAF:
                     self.state[node].rule = fallback
+        if want_params and not sources:  # parameters explained on data outside the graph (no input needs grad)
+            graph.declare_inputs(self.taps, want_params, self._rule_of)
+        if config.layer_map or config.canonize:  # per-position product rules, batch norms merged (layer_map.py)
+            from .layer_map import plan
+
+            for node, rule in plan(graph, config, self._rule_of, self.tap_nodes, self.constants, model).items():
+                self.state[node].rule = rule
         self.stack: list = []
         self.breakq: deque = deque()
         self.readyq: deque = deque()
@@ -115,6 +161,7 @@ class Engine:
         self.chain_nodes = 0
         self.propagations = {node: 0 for node in graph.order}
         self.compute_dtype = None
+        self._softmax_fed: dict = {}  # constants.feeds_softmax_only verdicts, one pass over the graph
 
     # ------------------------------------------------------------------------------------------- driver
     def run(self, seed, slot: int = 0) -> EngineResult:
@@ -140,7 +187,23 @@ class Engine:
             names = sorted({saved.full_name(n) for n in left})
             raise RuntimeError(f"internal error: {len(left)} nodes were not propagated exactly once ({names}); "
                                "please report this graph")
+        self._release()
         return EngineResult(self.taps, self.propagations, self.promises, self.chain_nodes, self.graph)
+
+    def _release(self):
+        """Drop every tensor the traversal held (relevances, rebuilt values, promise operands). The promise
+        structure stays for :func:`~dynamiclrp.api.summarize` and :meth:`EngineResult.promise_depth`; its
+        ``Promise <-> Branch`` reference cycles are broken by :meth:`EngineResult.release`."""
+        for promise in self.promises:
+            promise.args = promise.rout = promise.rins = None
+            for branch in promise.branches.values():
+                branch.value = None
+                for step in branch.chain:
+                    step.inputs = step.outputs = None
+        for s in self.state.values():
+            s.rel = s.value = s.known = s.derive = s.promise = None
+            s.requests = []
+        self.root_output = None
 
     def _drain(self):
         while self.readyq:
@@ -178,12 +241,96 @@ class Engine:
                 if vals[i] is None and child is not None and saved.op_name(child) == _LEAF:
                     vals[i] = saved.leaf_variable(child)
             if s.rule is not None and any(v is None for v in vals):
-                fill_constants(self.graph, u, s.rule, vals, self.constants, self._rule_of)
+                fill_constants(self.graph, u, s.rule, vals, self.constants, self._rule_of, self._softmax_fed)
+                self._plan_recovery(u, vals)
             s.known = vals
         return s.known
 
+    def _plan_recovery(self, u, vals):
+        """Constant operands (``None`` edges) that neither autograd, the recorder nor a softmax accounts for:
+        solve them from ``u``'s output where a consumer saved it (``b = y - a`` for an add whose sum the next
+        matmul or norm kept; see :func:`~dynamiclrp.constants.consumer_saved_output`) -- now if the other
+        operands are known, else once the promise has retrieved them (:meth:`_derive`). What stays unknown is
+        reported only if a rule or a forward recomputation actually uses it (relevance that is exactly zero needs
+        no operand values). The saved output also makes ``u`` an Arg Node (:meth:`_rebuild`): its forward, which
+        would need the constants, never has to run."""
+        s = self.state[u]
+        holes = [i for i, (c, _) in enumerate(self.graph.edges[u]) if c is None and vals[i] is None]
+        if not holes or saved.num_outputs(u) != 1:
+            return
+        y = consumer_saved_output(self.graph, u, self._rule_of)
+        if y is None and u is self.graph.root and self.root_output is not None:
+            y = self.root_output  # the explained output itself (a bias added to the logits)
+        if y is not None:
+            s.output = (y,)
+            solvable = [i for i in invertible_edges(u) if i in holes]
+            invert(u, vals, y)
+            left = tuple(i for i in solvable if vals[i] is None)
+            if left:
+                s.derive = (left, y)
+        s.unknown = tuple(i for i in holes if vals[i] is None and not (s.derive and i in s.derive[0]))
+
+    def plan(self) -> list:
+        """Dry run of the value planning (no relevance computed): ``(node, edges)`` for every node whose relevance
+        rule needs constant operands that neither autograd, the recorder, a softmax nor the graph
+        (:meth:`_plan_recovery`) provides. An explanation raises :class:`UnrecoverableValueError` at such a node
+        unless the relevance reaching it is exactly zero. Uses the same ``_known`` as :meth:`run` (and fills its
+        cache), so the engine can run afterwards."""
+        blocking = []
+        for u in self.graph.order:
+            s = self.state[u]
+            if s.rule is None or s.rule is _CONSTANT or all(c is not None for c, _ in self.graph.edges[u]):
+                continue
+            self._known(u)
+            missing = [i for i in s.unknown if i in set(s.rule.needs(u, self.graph))]
+            if missing:
+                blocking.append((u, missing))
+        return blocking
+
+    def rank(self, u) -> int:
+        """``u``'s index among the nodes of its type in topological order (locates it in a re-run forward)."""
+        name = saved.full_name(u)
+        return sum(1 for n in self.graph.order[: self.graph.order.index(u)] if saved.full_name(n) == name)
+
+    def _derive(self, u, args):
+        """Fill the constants planned by :meth:`_plan_recovery` into ``args`` (the operand values a promise
+        retrieved)."""
+        s = self.state[u]
+        if s.derive is not None:
+            invert(u, args, s.derive[1])
+
+    def _named(self, err: UnrecoverableValueError, u) -> UnrecoverableValueError:
+        """``err`` (raised by a rule) naming its node, so that callers can add the module path."""
+        if err.op is not None:
+            return err
+        return UnrecoverableValueError(err.reason, op=saved.full_name(u), rank=self.rank(u),
+                                       recorded=self.recorded)
+
+    def _unrecoverable(self, u, edges, use: str):
+        """The error for constants of ``u`` that nothing could recover but ``use`` needs."""
+        name, rank = saved.full_name(u), self.rank(u)
+        return UnrecoverableValueError(
+            f"{name} needs the value of its input {', '.join(map(str, edges))} to {use}: a constant that autograd "
+            "did not save, that is not part of the graph (a buffer, a frozen parameter, a mask or a Python "
+            "number), that no consumer saved, and that the forward pass did not record.",
+            op=name, rank=rank, recorded=self.recorded)
+
     def _rule_of(self, node):
         return self.state[node].rule
+
+    def _kept_output(self, u):
+        """``u``'s (single) output as the forward pass kept it, or ``None``: saved by ``u`` itself, saved by a
+        consumer as its input (:func:`~dynamiclrp.constants.consumer_saved_output`), or the explained output.
+        Lets product rules skip recomputing ``z = f(x, W) + b`` (issue 13)."""
+        if saved.num_outputs(u) != 1:
+            return None
+        out = self.state[u].rule.saved_output(u)
+        if out is not None:
+            return tuple(out)
+        y = consumer_saved_output(self.graph, u, self._rule_of)
+        if y is None and u is self.graph.root:
+            y = self.root_output
+        return None if y is None else (y,)
 
     def _rebuild(self, u):
         """``u``'s outputs from saved tensors alone, or ``None``: non-``None`` makes ``u`` an Arg Node."""
@@ -194,29 +341,32 @@ class Engine:
         if out is not None:
             return tuple(out)
         known = self._known(u)
+        if s.output is not None:  # a consumer saved the output of a node with constant operands
+            return s.output
         if all(known[i] is not None for i in s.rule.forward_needs(u)):
             try:
-                return tuple(s.rule.forward(u, known))
+                return self._forward(u, known)
             except NotImplementedError:
                 return None
         return None
+
+    def _forward(self, u, inputs) -> tuple:
+        """``u``'s rule recomputing its outputs; a rule's :class:`UnrecoverableValueError` gets the node's name."""
+        try:
+            return tuple(self.state[u].rule.forward(u, inputs))
+        except UnrecoverableValueError as err:
+            raise self._named(err, u) from None
 
     def _needed(self, u, with_forward: bool) -> set:
         rule = self.state[u].rule
         needed = set(rule.needs(u, self.graph))
         if with_forward:
             needed |= set(rule.forward_needs(u))
-        known = self._known(u)
-        for i in needed:
-            if known[i] is None and self.graph.edges[u][i][0] is None:
-                raise UnrecoverableValueError(
-                    f"{saved.full_name(u)} needs the value of its input {i}, a constant that autograd did not "
-                    "save and that is not part of the graph (a buffer, a parameter with requires_grad=False), and "
-                    "the forward pass did not record it. LRP.explain records such constants; with propagate(), "
-                    "run the forward pass inside `with dynamiclrp.ConstantRecorder() as rec:` and pass "
-                    "constants=rec.calls."
-                )
-        return needed
+        s = self.state[u]
+        self._known(u)
+        if s.derive is not None and needed & set(s.derive[0]):  # solving a constant takes the other operands
+            needed |= {i for i, (c, _) in enumerate(self.graph.edges[u]) if c is not None}
+        return needed - set(s.unknown)  # no branch can fetch these: reported where they are used (_apply)
 
     def _missing_for_rule(self, u) -> bool:
         known = self._known(u)
@@ -232,6 +382,8 @@ class Engine:
         if len(live) != 1:
             return False
         known = self._known(u)
+        if s.unknown and set(s.unknown) & set(s.rule.forward_needs(u)):
+            return False  # its forward cannot run: a promise here reports the missing constant if it is used
         return all(known[i] is not None for i in self._needed(u, with_forward=True) if i != live[0])
 
     # ------------------------------------------------------------------------------------------- landing
@@ -310,7 +462,7 @@ class Engine:
                 inputs = list(self._known(step.node))
                 inputs[step.edge] = v
                 step.inputs = inputs
-                step.outputs = tuple(self.state[step.node].rule.forward(step.node, inputs))
+                step.outputs = self._forward(step.node, inputs)
                 v = step.outputs[step.slot]
             branch.value = v
             if branch.promise.set_arg(branch.edge, v):
@@ -319,8 +471,15 @@ class Engine:
     def _on_ready(self, promise: Promise):
         u = promise.origin
         s = self.state[u]
+        self._derive(u, promise.args)
         if s.requests or s.served:
-            s.value = tuple(s.rule.forward(u, promise.args))
+            missing = [i for i in s.unknown if i in s.rule.forward_needs(u)]
+            if s.output is not None:
+                s.value = s.output
+            elif missing:
+                raise self._unrecoverable(u, missing, "recompute its output for a consumer")
+            else:
+                s.value = self._forward(u, promise.args)
             if s.requests:
                 self._serve(u)
         self._try_complete(promise)
@@ -331,21 +490,27 @@ class Engine:
         if promise.complete or not promise.ready or s.pending or s.awaiting:
             return
         promise.rout = s.rel
+        self._derive(u, promise.args)
         promise.rins = self._apply(u, s.rel, promise.args, s.value)
         promise.complete = True
+        s.rel = s.value = promise.rout = None  # memory: the origin is done, nothing reads them again
         for i, branch in promise.branches.items():
             r = promise.rins[i]
             for step in branch.chain:  # backward fast-forwarding
                 rel = [None] * saved.num_outputs(step.node)
                 rel[step.slot] = r
                 r = self._apply(step.node, rel, step.inputs or list(self._known(step.node)), step.outputs)[step.edge]
+                step.inputs = step.outputs = None
+            branch.value = None
             self._deliver(branch.terminal, branch.slot, r)
+        promise.rins = promise.args = None
 
     # ------------------------------------------------------------------------------------------- rules
     def _propagate(self, u):
         s = self.state[u]
         s.mode = s.mode or "plain"
         rins = self._apply(u, s.rel, self._known(u), s.value)
+        s.rel = s.value = None  # memory: u is done, its relevance and rebuilt outputs are not read again
         for i, (child, cslot) in enumerate(self.graph.edges[u]):
             if child is not None:
                 self._land_tensor(child, cslot, rins[i] if rins else None)
@@ -364,6 +529,14 @@ class Engine:
             if u in self.tap_nodes:
                 self._record(u, [saved.zeros(u, k) for k in range(len(rel))])
             return [None] * len(self.graph.edges[u])
+        if s.unknown and s.rule is not None:
+            missing = [i for i in s.unknown if i in set(s.rule.needs(u, self.graph))]
+            if missing:
+                if not any(bool(r.any()) for r in rel if r is not None):  # exactly zero: nothing to distribute
+                    if u in self.tap_nodes:
+                        self._record(u, [saved.zeros(u, k) for k in range(len(rel))])
+                    return [None] * len(self.graph.edges[u])
+                raise self._unrecoverable(u, missing, "distribute its relevance")
         rel = [r if r is not None else saved.zeros(u, k) for k, r in enumerate(rel)]
         if self.compute_dtype is not None:
             rel = [_up(r, self.compute_dtype) for r in rel]
@@ -372,8 +545,13 @@ class Engine:
         self._record(u, rel)
         if s.rule is None:
             return []
+        if getattr(s.rule, "reuses_output", False):  # products: z as the forward pass kept it, not recomputed
+            outputs = None if self.compute_dtype is not None else outputs or self._kept_output(u)
         ctx = RuleContext(u, s.rule, inputs, rel, self.config, self.graph, self.want_params, outputs)
-        rins = list(s.rule.relevance(ctx))
+        try:
+            rins = list(s.rule.relevance(ctx))
+        except UnrecoverableValueError as err:
+            raise self._named(err, u) from None
         if self.config.check_finite:
             for i, r in enumerate(rins):
                 if r is not None and not all_finite(r):
@@ -388,3 +566,18 @@ def _up(t, dtype):
     if isinstance(t, torch.Tensor) and t.dtype in (torch.float16, torch.bfloat16):
         return t.to(dtype)
     return t
+
+
+class _ConstantSubgraphRule(FallbackRule):
+    """For an op without a rule whose output reaches no explained input (weight standardisation written with
+    ``torch.var``...): relevance arriving there cannot reach an input, so it is not distributed; the value is
+    recomputed as :class:`FallbackRule` does, should a consumer need it."""
+
+    def needs(self, node, graph):
+        return ()
+
+    def relevance(self, ctx):
+        return [None] * len(ctx.edges)
+
+
+_CONSTANT = _ConstantSubgraphRule()

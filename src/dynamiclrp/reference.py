@@ -46,7 +46,7 @@ class ActivationRecorder(TorchDispatchMode):
 
 
 def reference_propagate(output, inputs, values: dict, relevance=None, config: LRPConfig | None = None,
-                        want_params: bool = False, constants: dict | None = None) -> tuple:
+                        want_params: bool = False, constants: dict | None = None, model=None) -> tuple:
     """Relevance of ``inputs`` (tensors of ``output``'s graph) computed with every activation known.
 
     ``values`` comes from :meth:`ActivationRecorder.values` recorded over the forward pass that made ``output``;
@@ -61,6 +61,13 @@ def reference_propagate(output, inputs, values: dict, relevance=None, config: LR
     constants = constants or {}
     rules = {node: lookup(node, config.rule_overrides).specialize(node, constants.get(node))
              for node in graph.order if saved.op_name(node) != "AccumulateGrad"}
+    # the same explained inputs as the engine: operands reaching them are activations (Graph.set_sources)
+    input_nodes = [t.grad_fn if t.grad_fn is not None else _leaf_node(graph, t) for t in inputs]
+    graph.declare_inputs(input_nodes, want_params, rules.get)
+    if config.layer_map or config.canonize:  # the engine's per-position rules and merged batch norms
+        from .layer_map import plan
+
+        rules.update(plan(graph, config, rules.get, set(input_nodes), constants, model))
 
     with torch.no_grad():
         for node in graph.order:
@@ -89,3 +96,9 @@ def reference_propagate(output, inputs, values: dict, relevance=None, config: LR
             r = None if leaf is None else total[leaf][0]
         out.append(torch.zeros_like(t) if r is None else r.reshape(t.shape))
     return tuple(out)
+
+
+def _leaf_node(graph: Graph, t):
+    """The ``AccumulateGrad`` node of the leaf tensor ``t`` in ``graph``, or ``None``."""
+    return next((n for n in graph.order if saved.op_name(n) == "AccumulateGrad" and saved.leaf_variable(n) is t),
+                None)

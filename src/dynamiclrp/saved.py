@@ -43,7 +43,11 @@ def get(node, name: str, default=_MISSING):
         return _signed(getattr(node, "_saved_" + name))
     except AttributeError:
         if default is _MISSING:
-            raise AttributeError(f"{full_name(node)} has no saved value {name!r}") from None
+            have = ", ".join(a[len("_saved_"):] for a in dir(node) if a.startswith("_saved_")) or "none"
+            raise AttributeError(
+                f"{full_name(node)} has no saved value {name!r} (it saved: {have}). A rule class written for "
+                "another op reads that op's saved values: give this op a rule that reads its own (for an op that "
+                "only moves values, dynamiclrp.rules.RoutingRule() needs none)") from None
         return default
     except RuntimeError as err:  # saved tensors freed by an earlier backward(retain_graph=False)
         raise RuntimeError(

@@ -12,6 +12,9 @@ Specs (see :func:`build`):
   of :data:`HF_BUILDERS`;
 * ``package.module:factory`` or ``path/to/file.py:factory`` -- your own callable, returning a model (give the
   input shape) or ``(model, inputs)`` or ``(model, inputs, forward_kwargs)``.
+
+:func:`load` is the parser the CLI shares: the specs above, the bundled real models (``efficientnet-lite0``,
+``smollm2``), local Hugging Face directories and checkpoints.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import importlib
 import importlib.util
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -45,6 +49,8 @@ def ensure_torchvision_importable() -> None:
     except (AttributeError, RuntimeError):
         pass
     spec = importlib.util.find_spec("torchvision")
+    if _SHIM_LIB is not None:  # the start-up shim (scripts/setup.sh) ran this inside find_spec: done
+        return
     if spec is None or not spec.submodule_search_locations:
         return
     for folder in spec.submodule_search_locations:
@@ -382,3 +388,139 @@ def _build(spec: str, shape):
         raise ValueError(f"spec {spec!r} should read 'torchvision:NAME', 'timm:NAME', 'hf:NAME', "
                          "'package.module:factory' or 'path/to/file.py:factory'")
     return _user(spec, shape)
+
+
+# ------------------------------------------------------------------------------------------------ loading for explain
+
+#: models whose real weights ship inside pip packages (see :mod:`dynamiclrp.pretrained`)
+BUNDLED = ("efficientnet-lite0", "smollm2")
+
+
+@dataclass
+class Loaded:
+    """A model ready to explain, with what is known about its inputs.
+
+    Attributes
+    ----------
+    model : the model (eval mode).
+    modality : ``"image"`` (takes ``[B, 3, H, W]`` images), ``"text"`` (token ids) or ``"tensor"`` (anything else).
+    example : ``(inputs, forward_kwargs)`` of a random example input (from the spec's builder), or ``None``.
+    tokenizer : a Hugging Face tokenizer for text models, if known.
+    categories : class names of the output, if known.
+    image_size, mean, std : preprocessing of image models (input size and per-channel normalisation).
+    """
+
+    model: nn.Module
+    modality: str
+    example: tuple | None = None
+    tokenizer: object = None
+    categories: list | None = None
+    image_size: int = 224
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+
+
+def load(spec: str, checkpoint: str | None = None, input_shape=None) -> Loaded:
+    """The one model-spec parser of the CLI (``explain``, ``coverage``): a :class:`Loaded` model.
+
+    ``spec``: a bundled real model (:data:`BUNDLED`: ``efficientnet-lite0``, ``smollm2``), ``timm:NAME``,
+    ``torchvision:NAME`` (random weights unless ``checkpoint``), ``hf:DIR`` (a local Hugging Face model directory:
+    config, weights and tokenizer or image processor) or ``hf:FAMILY`` (a tiny random model of the zoo),
+    ``package.module:factory`` or ``path/to/file.py:factory``. ``checkpoint``: a local state dict
+    (``torch.load(weights_only=True)``, or a ``.safetensors`` file) loaded into the model strictly.
+    """
+    from . import pretrained
+
+    if spec in BUNDLED:
+        if spec == "efficientnet-lite0":
+            loaded = Loaded(pretrained.efficientnet_lite0(), "image", categories=pretrained.imagenet_categories())
+        else:
+            model, tok = pretrained.smollm2()
+            loaded = Loaded(model, "text", tokenizer=tok)
+    else:
+        prefix, _, name = spec.partition(":")
+        if prefix == "hf" and Path(name).is_dir():
+            loaded = _hf_directory(Path(name))
+        else:
+            model, inputs, kwargs = build(spec, input_shape)
+            loaded = Loaded(model, _modality(inputs), example=(inputs, kwargs))
+            if loaded.modality == "image":
+                _image_preprocessing(loaded, prefix)
+    if checkpoint is not None:
+        load_checkpoint(loaded.model, checkpoint)
+    return loaded
+
+
+def _modality(inputs: tuple) -> str:
+    x = inputs[0] if inputs else None
+    if isinstance(x, torch.Tensor) and not x.is_floating_point():
+        return "text"
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] == 3:
+        return "image"
+    return "tensor"
+
+
+def _image_preprocessing(loaded: Loaded, prefix: str) -> None:
+    cfg = getattr(loaded.model, "pretrained_cfg", None) or {}
+    if cfg.get("mean"):
+        loaded.mean, loaded.std = tuple(cfg["mean"]), tuple(cfg["std"])
+    x = loaded.example[0][0]
+    loaded.image_size = int(x.shape[-1])
+    if prefix in ("timm", "torchvision") and (getattr(loaded.model, "num_classes", None) == 1000
+                                             or prefix == "torchvision"):
+        try:
+            from .pretrained import imagenet_categories
+
+            loaded.categories = imagenet_categories()
+        except Exception:  # names are a nicety
+            loaded.categories = None
+
+
+def _hf_directory(path: Path) -> Loaded:
+    ensure_torchvision_importable()
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    archs = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, archs[0], None) if archs else None
+    model = (cls or transformers.AutoModel).from_pretrained(path).eval()
+    labels = getattr(config, "id2label", None)
+    categories = [labels[i] for i in sorted(labels)] if labels else None
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(path)
+        return Loaded(model, "text", tokenizer=tok, categories=categories)
+    except Exception:  # no tokenizer: an image model, if it has an image processor
+        pass
+    loaded = Loaded(model, "image", categories=categories)
+    try:
+        proc = transformers.AutoImageProcessor.from_pretrained(path)
+        size = getattr(proc, "size", {}) or {}
+        loaded.image_size = int(size.get("height") or size.get("shortest_edge") or 224)
+        loaded.mean, loaded.std = tuple(proc.image_mean), tuple(proc.image_std)
+    except Exception:  # defaults: 224 px, ImageNet statistics
+        pass
+    return loaded
+
+
+def load_checkpoint(model: nn.Module, path: str) -> None:
+    """Load a local state dict into ``model`` strictly: ``.safetensors`` files, or anything ``torch.load`` reads
+    with ``weights_only=True`` (a state dict, or a dict holding one under ``state_dict``/``model``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if file.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ImportError("reading .safetensors needs the safetensors package: pip install safetensors") from None
+        state = load_file(str(file))
+    else:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+            state = state.get("state_dict") or state.get("model") or state
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint {path!r} holds a {type(state).__name__}, not a state dict")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path!r} does not fit the model: missing {list(missing)[:5]}, "
+                         f"unexpected {list(unexpected)[:5]}")

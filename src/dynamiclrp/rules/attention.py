@@ -9,6 +9,11 @@ same rules the unfused graph would get: the uniform bilinear rule for ``P V`` an
 between (an additive float mask is a constant bias of the softmax and absorbs its share, see
 :class:`SoftmaxRule`), the identity for the scale. The causal mask is applied **only when the op itself
 was called with ``is_causal=True``** (read from the node), so encoders such as BERT and ViT are not masked.
+
+CP-LRP (``LRPConfig(bilinear="cp")``; Ali et al., "XAI for Transformers: Better Explanations through Conservative
+Propagation", ICML 2022; LXT 2.1 detaches Q and K): ``P`` is a constant, so ``O = P V`` is linear in ``V`` and
+``R_V = V * P^T (R_O / stab(O))`` takes all the relevance; ``R_Q = R_K = 0``. The unfused graph gets the same from
+:func:`dynamiclrp.rules.linear.held_product_relevance` (the factor made by the softmax is the one held).
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import torch
 
 from .. import saved
 from .base import OpRule, register, stabilize
-from .linear import Matmul, product_relevance
+from .linear import Matmul, held_product_relevance, product_relevance
 
 
 def softmax_relevance(x, s, r, dim):
@@ -49,6 +54,15 @@ class SoftmaxRule(OpRule):
     def relevance(self, ctx):
         s = saved.get(ctx.node, "result")
         return [softmax_relevance(ctx.inputs[0], s, ctx.relevance[0], saved.get(ctx.node, "dim"))]
+
+
+def masked_softmax(x, dim=-1):
+    """``softmax(x, dim)`` with rows masked out entirely (every entry ``-inf``) set to 0 instead of NaN: what
+    torch's fused attention returns for a fully masked query row (a left-padding position in a batch), so the
+    rule's recomputed output and relevance match the forward pass there (both exactly zero)."""
+    p = torch.softmax(x, dim)
+    dead = torch.isneginf(x).all(dim, keepdim=True)
+    return torch.where(dead, torch.zeros((), dtype=p.dtype), p) if bool(dead.any()) else p
 
 
 def _expand_kv(t, heads):
@@ -98,7 +112,7 @@ class SDPARule(OpRule):
     def forward(self, node, inputs):
         q, k, v = inputs[0], inputs[1], inputs[2]
         _, _, x = self._scores(node, q, k)
-        out = torch.softmax(x, -1) @ _expand_kv(v, q.shape[-3])
+        out = masked_softmax(x, -1) @ _expand_kv(v, q.shape[-3])
         rest = [saved.zeros(node, k) for k in range(1, saved.num_outputs(node))]
         return (out, *rest)
 
@@ -107,8 +121,13 @@ class SDPARule(OpRule):
         q, k, v = ctx.inputs[0], ctx.inputs[1], ctx.inputs[2]
         heads = q.shape[-3]
         scale, a, x = self._scores(node, q, k)
-        p = torch.softmax(x, -1)
+        p = masked_softmax(x, -1)  # a fully masked row (left padding) gives 0, as torch's forward does
         ve = _expand_kv(v, heads)
+        if cfg.bilinear == "cp":  # CP-LRP: the attention weights P are constant; Q, K (and the mask) get nothing
+            _, r_v, _ = held_product_relevance(Matmul(), p, ve, None, ctx.relevance[0], cfg.epsilon, held=0)
+            if ve.shape != v.shape:  # fold GQA copies back
+                r_v = r_v.unflatten(-3, (v.shape[-3], heads // v.shape[-3])).sum(-3)
+            return [None, None, r_v] + [None] * (len(ctx.edges) - 3)
         r_p, r_v, _ = product_relevance(Matmul(), p, ve, None, ctx.relevance[0], cfg, 0.0, True, True, False)
         r_x = softmax_relevance(torch.where(torch.isfinite(x), a, x), p, r_p, -1)  # the mask absorbs m * g
         ke = _expand_kv(k, heads)

@@ -18,6 +18,9 @@ Tensor = torch.Tensor
 #: The registry: autograd node name without overload digit (``"AddmmBackward"``) or with it
 #: (``"MeanBackward1"``, exact names win) -> rule instance. Filled by :func:`register` at import time only.
 RULES: dict[str, "OpRule"] = {}
+#: Rules found by what a node *is* rather than by its name, tried after :data:`RULES`: ``(matches(node) -> bool,
+#: rule)`` pairs, filled at import time only (any Python ``torch.autograd.Function``: :mod:`.function`).
+MATCHERS: list = []
 
 
 def register(*names: str) -> Callable[[type], type]:
@@ -36,7 +39,8 @@ def register(*names: str) -> Callable[[type], type]:
 
 
 def lookup(node, overrides=None) -> "OpRule | None":
-    """The rule for an autograd node: user overrides first, exact class name, then the name without its digit."""
+    """The rule for an autograd node: user overrides first, exact class name, then the name without its digit,
+    then the first of :data:`MATCHERS` that recognises the node (e.g. any custom ``autograd.Function``)."""
     full = saved.full_name(node)
     short = saved.op_name(node)
     for table in (overrides or {}, RULES):
@@ -44,6 +48,9 @@ def lookup(node, overrides=None) -> "OpRule | None":
             return table[full]
         if short in table:
             return table[short]
+    for matches, rule in MATCHERS:
+        if matches(node):
+            return rule
     return None
 
 
@@ -167,8 +174,12 @@ def all_finite(t: Tensor) -> bool:
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (Zennit's stabiliser): never zero, keeps the sign."""
-    return z + epsilon * ((z >= 0).to(z.dtype) * 2 - 1)
+    """``z + epsilon * sign(z)`` with ``sign(0) = +1`` (Zennit's stabiliser): never zero, keeps the sign.
+
+    Three passes over ``z`` (compare, select ``+-epsilon``, add in place on that temporary) instead of six, with
+    bit-identical results: ``z + (+-epsilon)`` is the same float either way (issue 13)."""
+    e = z.new_full((), epsilon)
+    return torch.where(z >= 0, e, -e).add_(z)
 
 
 def unbroadcast(t: Tensor | None, shape) -> Tensor | None:
@@ -222,10 +233,35 @@ class RoutingRule(OpRule):
 
     ``R_in = J^T R_out`` with ``J`` the op's 0/1 Jacobian: each output entry's relevance goes back to the input
     entry it was taken from (copies add up). Exactly what the node's own backward computes, so we call it.
+    Subclasses recompute the output with the op itself; the default :meth:`forward` is :func:`linear_forward`
+    (``y = J x``, exact for every routing op), so ``RoutingRule()`` explains any op that only moves values.
+    A routing rule reused for another op (``rule_overrides={"IndexSelectBackward": IndexRule()}``) whose
+    ``forward`` reads a saved value that op does not have falls back to :func:`linear_forward` as well.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("forward")
+        if own is None:
+            return
+
+        def forward(self, node, inputs):
+            try:
+                return own(self, node, inputs)
+            except AttributeError as err:
+                mine = saved.op_name(node) in self.names or saved.full_name(node) in self.names
+                if mine or "has no saved value" not in str(err):
+                    raise  # the op this rule was written for, or not a missing saved value: a real error
+                return linear_forward(node, inputs)
+
+        forward.__doc__ = own.__doc__
+        cls.forward = forward
 
     def relevance(self, ctx):
         return routed(ctx)
+
+    def forward(self, node, inputs):
+        return linear_forward(node, inputs)
 
 
 def live_edges(node) -> list:
@@ -271,19 +307,94 @@ class IdentityRule(OpRule):
 
 
 class FallbackRule(OpRule):
-    """The loud generic rule used for ops without a rule when ``LRPConfig(unsupported="warn")``.
+    """The loud generic rule used for ops without a rule when ``LRPConfig(unsupported="warn")``: the epsilon rule
+    of the op's linearisation, built from nothing but the node's own backward (its vjp ``g -> J^T g``).
 
-    One input with as many entries as the output: identity ``R_x = R_y`` (reshaped). Otherwise the op's own
-    backward applied to the relevance, ``R_x = J^T R_y`` (exact for routing ops, an approximation otherwise).
+    With operands ``x_i``, Jacobians ``J_i`` at the recorded point and ``z = sum_i J_i x_i`` (:func:`linear_forward`):
+
+    ``R_xi = x_i * J_i^T (R_y / stab(z))``
+
+    Conservative up to epsilon (``sum_i <x_i, J_i^T s> = <z, s>``) wherever ``z`` is not close to zero (it is
+    zero for degree-0 homogeneous ops such as ``atan2``: there this rule carries no meaning). For a linear op
+    (``z = y``) this is the epsilon rule: exact routing for ops that move or copy values (flip, index_select...:
+    gradient x input), a proportional split for sums. For an elementwise nonlinearity (``J = diag f'(x)``) it is
+    the identity ``R_x = R_y`` wherever ``f'(x) x != 0``. Anything else gets a documented approximation, with a
+    warning.
+
+    Operand values come from promises (or from ``self``/``other`` when the node saved them); the output is the
+    saved ``result`` when the node kept it, else ``z = J x``, exact for positively homogeneous ops (routing,
+    linear maps, max-like selections; Euler's theorem), the linearisation otherwise.
     """
 
+    def known_inputs(self, node):
+        vals = [None] * len(node.next_functions)
+        for i, name in enumerate(("self", "other")[: len(vals)]):
+            value = saved.get(node, name, None)
+            child = node.next_functions[i][0]
+            if isinstance(value, torch.Tensor) and child is not None and (
+                    saved.op_name(child) == "AccumulateGrad" or value.shape == saved.output_shapes(child)[
+                        node.next_functions[i][1]]):
+                vals[i] = value
+        return vals
+
+    def needs(self, node, graph):
+        return live_edges(node)
+
+    def forward_needs(self, node):
+        return live_edges(node)
+
+    def saved_output(self, node):
+        shapes = saved.output_shapes(node)
+        names = ("result",) if len(shapes) == 1 else tuple(f"result{k}" for k in range(len(shapes)))
+        values = [saved.get(node, n, None) for n in names]
+        if all(isinstance(v, torch.Tensor) and v.shape == s for v, s in zip(values, shapes)):
+            return tuple(values)
+        return None
+
+    def forward(self, node, inputs):
+        return self.saved_output(node) or linear_forward(node, inputs)
+
     def relevance(self, ctx):
-        live = [i for i in range(len(ctx.edges)) if ctx.has_edge(i)]
-        r = ctx.relevance[0]
-        if len(live) == 1 and len(ctx.relevance) == 1:
-            shape = edge_shape(ctx, live[0])
-            if shape.numel() == r.numel():
-                out = [None] * len(ctx.edges)
-                out[live[0]] = r.reshape(shape)
-                return out
-        return routed(ctx)
+        x = [ctx.inputs[i] if ctx.has_edge(i) else None for i in range(len(ctx.edges))]
+        try:
+            z = linear_forward(ctx.node, x)
+        except NotImplementedError:  # no double backward: the saved output stands in for ``J x``
+            z = self.saved_output(ctx.node)
+            if z is None:
+                raise
+        s = [r / stabilize(zk.to(r.dtype), ctx.config.epsilon) for r, zk in zip(ctx.relevance, z)]
+        dtypes = saved.output_dtypes(ctx.node)
+        grads = _call_backward(ctx.node, [g.to(d) for g, d in zip(s, dtypes)])
+        grads = [None if g is None else g.to(s[0].dtype) for g in grads]
+        return [None if xi is None or g is None else (xi.to(g.dtype) * g).reshape(edge_shape(ctx, i))
+                for i, (xi, g) in enumerate(zip(x, grads))]
+
+
+def linear_forward(node, inputs) -> tuple:
+    """``z_k = sum_i J_ki x_i``: the node's Jacobians at the recorded point applied to ``inputs`` (``None``
+    entries count as zero), one tensor per output slot, from nothing but the node's own backward ``g -> J^T g``
+    (``z`` is the gradient of ``<J^T g, x>`` with respect to ``g``). For a positively homogeneous op (anything
+    that only moves, copies, sums or selects values: ``f(x) = J(x) x`` by Euler's theorem) this is the op's
+    output, computed without knowing what the op is.
+    """
+    metas = node._input_metadata
+    with torch.enable_grad():
+        gs = [torch.zeros(m.shape, dtype=m.dtype, device=m.device, requires_grad=True) for m in metas]
+        try:
+            outs = _call_backward(node, gs)
+            terms = [(o * x.to(o.dtype)).sum() for o, x in zip(outs, inputs)
+                     if o is not None and x is not None and o.requires_grad]
+            grads = torch.autograd.grad(sum(terms), gs, allow_unused=True) if terms else [None] * len(gs)
+        except (RuntimeError, NotImplementedError, TypeError) as err:
+            raise NotImplementedError(
+                f"{saved.full_name(node)}: its output cannot be recomputed from its backward ({err}); give it a "
+                "rule with a forward (a dynamiclrp.rules.OpRule in LRPConfig(rule_overrides=...))") from err
+    return tuple(torch.zeros(m.shape, dtype=m.dtype, device=m.device) if g is None else g.detach()
+                 for g, m in zip(grads, metas))
+
+
+def _call_backward(node, grads) -> tuple:
+    """The node's backward applied to ``grads`` (one per output slot): built-in nodes are called, the nodes of
+    Python ``autograd.Function`` s are applied. Returns one gradient (or ``None``) per input edge."""
+    out = node(*grads) if callable(node) else node.apply(*grads)
+    return (out,) if isinstance(out, torch.Tensor) or out is None else tuple(out)

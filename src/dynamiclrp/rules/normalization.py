@@ -9,10 +9,23 @@ batch norm, the shift by the running mean) absorbs its share.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .. import saved
 from .base import OpRule, live_edges, register, stabilize
+
+
+def _mean(saved_mean, x, dims):
+    """The mean the forward pass subtracted. Half/bfloat16 norms compute their statistics in float32 but save
+    them rounded to the input's dtype; ``x - mean`` cancels where ``x`` is close to the mean, so the rounded mean
+    makes the recomputed ``y`` wrong by ``~|mean| * 2^-11`` there and the ratio ``R_y / y`` explode (a tiny GPT-2
+    in float16 was 19 % off float64). Recomputing the mean in the compute dtype from ``x`` gives back the
+    forward's own value; ``rstd``'s rounding is only a relative error of ``y`` and stays harmless."""
+    if saved_mean.dtype in (torch.float16, torch.bfloat16) and x.dtype != saved_mean.dtype:
+        return x.mean(dims, keepdim=True)
+    return saved_mean
 
 
 class _NormRule(OpRule):
@@ -45,7 +58,7 @@ class LayerNormRule(_NormRule):
 
     def forward(self, node, inputs):
         x, w, b = inputs[0], self._params(inputs, 1), self._params(inputs, 2)
-        y = (x - saved.get(node, "result1")) * saved.get(node, "result2")
+        y = (x - _mean(saved.get(node, "result1"), x, self._dims(node, x))) * saved.get(node, "result2")
         if w is not None:
             y = y * w
         if b is not None:
@@ -65,7 +78,29 @@ class LayerNormRule(_NormRule):
 @register("NativeBatchNormBackward", "CudnnBatchNormBackward")
 class BatchNormRule(_NormRule):
     """``y = w * (x - mu) * rstd + b`` per channel (dim 1) with running statistics in eval mode, batch statistics
-    (held constant) in training mode."""
+    (held constant) in training mode.
+
+    Under canonization (``LRPConfig(canonize=True)``), an eval-mode batch norm right after a convolution or a
+    linear product is merged into that product for the purposes of its rule (Zennit's ``MergeBatchNorm``; see
+    :func:`dynamiclrp.layer_map.plan`): the product sees ``W' = a * W`` and ``b' = a * (b - mu) + beta`` with
+    ``a = w * rstd``, and this node passes relevance through, ``R_x = R_y`` (a :meth:`merged` copy)."""
+
+    #: set on the per-node copy of a batch norm merged into the product before it
+    is_merged = False
+
+    def merged(self) -> "BatchNormRule":
+        """A copy of this rule for a batch norm merged into its product: ``R_x = R_y``."""
+        rule = copy.copy(self)
+        rule.is_merged = True
+        return rule
+
+    def affine(self, node, weight=None, bias=None):
+        """``(a, shift)`` with ``y = a * x + shift`` per channel, in eval mode (``weight``/``bias``: the affine
+        parameters, ``None`` for absent)."""
+        mean, rstd = self._stats(node)
+        a = rstd if weight is None else weight * rstd
+        shift = -a * mean
+        return a, shift if bias is None else shift + bias
 
     def _stats(self, node):
         if saved.get(node, "training", False):
@@ -87,6 +122,8 @@ class BatchNormRule(_NormRule):
         return (y,)
 
     def relevance(self, ctx):
+        if self.is_merged:
+            return [ctx.relevance[0]] + [None] * (len(ctx.edges) - 1)
         x, w = ctx.inputs[0], self._params(ctx.inputs, 1)
         y = self.forward(ctx.node, ctx.inputs)[0]
         scale = self._chan(self._stats(ctx.node)[1], x)
@@ -108,7 +145,8 @@ class GroupNormRule(_NormRule):
     def forward(self, node, inputs):
         x, w, b = inputs[0], self._params(inputs, 1), self._params(inputs, 2)
         xg = self._grouped(node, x)
-        mean, rstd = saved.get(node, "result1").unsqueeze(-1), saved.get(node, "result2").unsqueeze(-1)
+        mean = _mean(saved.get(node, "result1").unsqueeze(-1), xg, (-1,))
+        rstd = saved.get(node, "result2").unsqueeze(-1)
         y = ((xg - mean) * rstd).reshape(x.shape)
         if w is not None:
             y = y * self._chan(w, x)
@@ -145,3 +183,23 @@ class WeightNormRule(OpRule):
 
     def relevance(self, ctx):
         return [ctx.relevance[0], None]
+
+
+# ------------------------------------------------ op-driven coverage (issue 11): batch norm entry points
+
+
+@register("BatchNormNoUpdateBackward", "BatchNormWithUpdateBackward", "NativeBatchNormLegitBackward",
+          "NativeBatchNormLegitNoTrainingBackward")
+class BatchNormVariantRule(BatchNormRule):
+    """The other batch norm nodes of torch 2.x (``_batch_norm_no_update`` / ``_with_update``,
+    ``_native_batch_norm_legit[_no_training]``, as functionalised and exported graphs call it): the same
+    ``y = w * (x - mu) * rstd + b`` and the same rule as :class:`BatchNormRule`, the statistics held constant --
+    the running ones where the op normalises with them (no update, no training), else the batch ones it saved
+    (``result1`` = mean, ``result2`` = ``1 / sqrt(var + eps)``)."""
+
+    def _stats(self, node):
+        name = saved.op_name(node)
+        running = saved.get(node, "running_mean", None) is not None
+        if name == "BatchNormWithUpdateBackward" or saved.get(node, "training", False) or not running:
+            return saved.get(node, "result1"), saved.get(node, "result2")
+        return super()._stats(node)

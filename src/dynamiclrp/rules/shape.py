@@ -125,7 +125,17 @@ class EmbeddingRule(RoutingRule):
 
 @register("CatBackward")
 class CatRule(RoutingRule):
-    """``y = cat(xs, dim)``; each ``R_xi`` is its slice of ``R_y``."""
+    """``y = cat(xs, dim)``; each ``R_xi`` is its slice of ``R_y``. A constant piece (a buffer, a frozen token,
+    ``torch.zeros``) is no edge of the graph; its value, which a promise passing through needs to rebuild ``y``,
+    is read from the forward pass (and its slice keeps its relevance)."""
+
+    def constant_edges(self, node, call):  # torch.cat(tensors, dim): one edge per listed tensor
+        if not call.is_one_of("cat", "concat", "concatenate"):
+            return {}
+        pieces = call.arg(0, "tensors")
+        if not isinstance(pieces, (list, tuple)) or len(pieces) != len(node.next_functions):
+            return {}
+        return {i: t for i, t in enumerate(pieces) if isinstance(t, torch.Tensor)}
 
     def forward(self, node, inputs):
         return (torch.cat(list(inputs), saved.get(node, "dim")),)
@@ -404,3 +414,125 @@ class FillRule(_FillRule):
     def forward(self, node, inputs):
         fill = 0.0 if saved.op_name(node) == "ZeroBackward" else self.fill
         return (torch.full_like(inputs[0], fill),)
+
+
+# ------------------------------------------------------------------- op-driven coverage (issue 11): routing ops
+
+
+@register("IndexSelectBackward")
+class IndexSelectRule(RoutingRule):
+    """``y = x.index_select(dim, index)`` (message passing gathers node features so; ``repeat_interleave`` with a
+    tensor of repeats too): ``R_x = J^T R_y`` accumulates each selected slice's relevance at its index (copies add
+    up)."""
+
+    def forward(self, node, inputs):
+        return (inputs[0].index_select(saved.get(node, "dim"), saved.get(node, "index")),)
+
+
+@register("UnsafeSplitBackward")
+class UnsafeSplitRule(SplitRule):
+    """``ys = torch.unsafe_split(x, size, dim)`` (``nn.GRU`` on CPU splits its gates so): ``R_x = cat(R_ys, dim)``."""
+
+
+@register("UnsafeSplitWithSizesBackward")
+class UnsafeSplitWithSizesRule(SplitWithSizesRule):
+    """``ys = torch.unsafe_split_with_sizes(x, sizes, dim)``: ``R_x = cat(R_ys, dim)``."""
+
+
+@register("UnsafeIndexBackward")
+class UnsafeIndexRule(IndexRule):
+    """``y = aten._unsafe_index(x, indices)`` (decomposed interpolation): as ``x[indices]``."""
+
+
+_SELECT2 = {"MaximumBackward": torch.maximum, "MinimumBackward": torch.minimum, "FmaxBackward": torch.fmax,
+            "FminBackward": torch.fmin}
+
+
+@register(*_SELECT2)
+class MaximumRule(RoutingRule):
+    """``y = maximum(a, b)`` (also ``minimum``, ``fmax``, ``fmin``; RWKV's clamps): each entry's relevance goes to
+    the operand it was taken from, ``R_a = [a > b] R_y``, ``R_b = [b > a] R_y``; ties split evenly (``R_y / 2``
+    each), as torch's backward does. A constant operand (``maximum(x, 0)`` with a tensor 0) keeps the relevance of
+    the entries it won, like a bias."""
+
+    def known_inputs(self, node):
+        return [saved.get(node, "self", None), saved.get(node, "other", None)]
+
+    def forward(self, node, inputs):
+        return (_SELECT2[saved.op_name(node)](inputs[0], inputs[1]),)
+
+
+#: routing ops recomputed by the op itself: node name -> forward from the saved arguments
+_ROUTING = {
+    "UnfoldBackward": lambda n, x: x.unfold(saved.get(n, "dimension"), saved.get(n, "size"), saved.get(n, "step")),
+    "FlipBackward": lambda n, x: x.flip(saved.get(n, "dims")),
+    "PixelShuffleBackward": lambda n, x: F.pixel_shuffle(x, saved.get(n, "upscale_factor")),
+    "PixelUnshuffleBackward": lambda n, x: F.pixel_unshuffle(x, saved.get(n, "downscale_factor")),
+    "ChannelShuffleBackward": lambda n, x: F.channel_shuffle(x, saved.get(n, "groups")),
+    "Rot90Backward": lambda n, x: torch.rot90(x, saved.get(n, "k"), saved.get(n, "dims")),
+    "DiagonalBackward": lambda n, x: x.diagonal(saved.get(n, "offset"), saved.get(n, "dim1"), saved.get(n, "dim2")),
+    "DiagEmbedBackward": lambda n, x: torch.diag_embed(x, saved.get(n, "offset"), saved.get(n, "dim1"),
+                                                       saved.get(n, "dim2")),
+    "TrilBackward": lambda n, x: x.tril(saved.get(n, "diagonal")),
+    "TriuBackward": lambda n, x: x.triu(saved.get(n, "diagonal")),
+    "NarrowCopyBackward": lambda n, x: x.narrow_copy(saved.get(n, "dim"), saved.get(n, "start"),
+                                                     saved.get(n, "length")),
+    "MaskedSelectBackward": lambda n, x: x.masked_select(saved.get(n, "mask")),
+    "TakeBackward": lambda n, x: x.take(saved.get(n, "index")),
+    "ReflectionPad1DBackward": lambda n, x: F.pad(x, list(saved.get(n, "padding")), mode="reflect"),
+    "ReflectionPad2DBackward": lambda n, x: F.pad(x, list(saved.get(n, "padding")), mode="reflect"),
+    "ReflectionPad3DBackward": lambda n, x: F.pad(x, list(saved.get(n, "padding")), mode="reflect"),
+    "ReplicationPad1DBackward": lambda n, x: F.pad(x, list(saved.get(n, "padding")), mode="replicate"),
+    "ReplicationPad2DBackward": lambda n, x: F.pad(x, list(saved.get(n, "padding")), mode="replicate"),
+    "ReplicationPad3DBackward": lambda n, x: F.pad(x, list(saved.get(n, "padding")), mode="replicate"),
+    "AmaxBackward": lambda n, x: x.amax(saved.get(n, "dim"), saved.get(n, "keepdim")),
+    "AminBackward": lambda n, x: x.amin(saved.get(n, "dim"), saved.get(n, "keepdim")),
+}
+
+
+@register(*_ROUTING)
+class MovedValuesRule(RoutingRule):
+    """Ops that move, copy or select entries, recomputed by the op itself (table ``_ROUTING``): ``Tensor.unfold``
+    (PatchTST's patches), flip, pixel (un)shuffle, channel shuffle, rot90, diagonal, diag_embed, tril/triu,
+    narrow_copy, masked_select, take, reflection/replication padding, amax/amin. ``R_x = J^T R_y`` with ``J`` the
+    op's 0/1 Jacobian (the node's own backward): each entry's relevance returns to the entry it came from, copies
+    (padding's reflections, overlapping windows) add up; zeroed entries (tril) and unselected ones get nothing;
+    amax/amin ties share evenly, as autograd does."""
+
+    def forward(self, node, inputs):
+        return (_ROUTING[saved.op_name(node)](node, inputs[0]),)
+
+
+#: routing ops whose output is recomputed as ``J x`` from the node's own backward (exact for routing, see
+#: :func:`~dynamiclrp.rules.base.linear_forward`): their saved arguments alone do not describe the op
+LINEAR_ROUTING = ("AdaptiveMaxPool2DBackward", "AdaptiveMaxPool3DBackward", "FractionalMaxPool2DBackward",
+                  "FractionalMaxPool3DBackward", "MaxUnpool2DBackward", "MaxUnpool3DBackward", "CummaxBackward",
+                  "CumminBackward", "AminmaxBackward", "SelectScatterBackward", "SliceScatterBackward",
+                  "DiagonalScatterBackward", "BlockDiagBackward", "LazyCloneBackward",
+                  "ReshapeCopyBackward", "LiftBackward", "PackPaddedSequenceBackward")
+
+
+@register(*LINEAR_ROUTING)
+class LinearRoutingRule(RoutingRule):
+    """Selections and placements whose node does not say enough to call the op again: adaptive and fractional
+    max pooling (winner takes all, by the saved indices), max unpooling, cummax/cummin, aminmax,
+    select/slice/diagonal scatter (``src`` written into ``x``), block_diag, lazy clones, reshape
+    copies and ``pack_padded_sequence`` (the time steps of each sequence, packed for an RNN).
+    ``R_in = J^T R_out`` (the node's own backward); the output is recomputed as ``J x`` (exact: these maps are
+    linear in their operands at the recorded selection). A constant operand outside the graph (a constant
+    ``src``) cannot be recomputed and raises, naming the op."""
+
+
+@register("ClampMaxBackward1", "ClampMinBackward1")
+class ClampByTensorRule(RoutingRule):
+    """``y = clamp_max(x, m)`` / ``clamp_min(x, m)`` with a tensor bound ``m``: ``min(x, m)`` / ``max(x, m)``, so
+    each entry's relevance goes to the operand it was taken from (as :class:`MaximumRule`; at ties autograd gives
+    it to ``x``). A constant bound keeps the relevance of the entries it clamped."""
+
+    def known_inputs(self, node):
+        bound = "max" if saved.op_name(node) == "ClampMaxBackward" else "min"
+        return [saved.get(node, "self", None), saved.get(node, bound, None)]
+
+    def forward(self, node, inputs):
+        fn = torch.clamp_max if saved.op_name(node) == "ClampMaxBackward" else torch.clamp_min
+        return (fn(inputs[0], inputs[1]),)

@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/bench.py --batches 1 --models vgg16,gpt2 --json out.json --markdown out.md
     .venv/bin/python benchmarks/bench.py --quick              # tiny models, a smoke test
 
-The same as ``dynamiclrp bench``; what it measures and how is documented in :mod:`dynamiclrp.bench`. It replaces
-``speed.py``'s measurements: time against gradient x input and Zennit, peak memory, and the cost of recording
-constants (the ``recorded_forward`` row against ``forward``).
+The same as ``dynamiclrp bench``; what it measures and how is documented in :mod:`dynamiclrp.bench`: time against
+gradient x input and the peers, peak memory, memory growth, and the cost of recording constants (the
+``recorded_forward`` row against ``forward``).
 """
 import sys
 from pathlib import Path

@@ -99,10 +99,11 @@ def test_growth_sees_memory_held_across_calls():
     def child():
         return bench.measure_growth(lambda: held.append(torch.ones(16 * 2**18)), 3)  # keeps 16 MiB a call
 
-    rss = bench.in_fork(child)
-    assert len(rss) == 4
-    steps = [b - a for a, b in zip(rss, rss[1:])]
-    assert all(14 * 1024 < s < 24 * 1024 for s in steps), steps
+    mem = bench.in_fork(child)
+    assert all(len(v) == 4 for v in mem.values())
+    for key in ("rss", "untrimmed", "hwm"):
+        steps = [b - a for a, b in zip(mem[key], mem[key][1:])]
+        assert all(14 * 1024 < s < 24 * 1024 for s in steps), (key, steps)
 
 
 def test_in_fork_reports_the_childs_error():
@@ -175,7 +176,9 @@ def _check_result(result, config):
                 assert rows["dynamiclrp_repeated"]["peak_mib"] == rows["dynamiclrp_first"]["peak_mib"]
     if config.memory and config.growth:
         assert len(result["growth"]) == len(config.models) * len(config.batches)
-        assert all(len(g["rss_mib"]) == config.growth + 1 for g in result["growth"])
+        for g in result["growth"]:
+            assert all(len(g[k]) == config.growth + 1 for k in ("rss_mib", "untrimmed_mib", "hwm_mib"))
+            assert all(h >= r for h, r in zip(g["hwm_mib"], g["untrimmed_mib"]))
 
 
 def test_quick_mode_end_to_end_through_the_cli(tmp_path, capsys):

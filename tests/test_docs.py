@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-RUNNABLE = ["adding-a-rule.md"]
+RUNNABLE = ["adding-a-rule.md", "configuration.md"]
 
 
 @pytest.mark.parametrize("page", RUNNABLE)

@@ -27,6 +27,16 @@ def test_stabilizer_bit_identical_to_the_former_formula(dtype):
     assert base.stabilize(torch.zeros(3), 1e-6).gt(0).all()  # sign(0) = +1
 
 
+def test_ratio_in_place_equals_division():
+    from dynamiclrp.rules.specs import ratio
+
+    z, r = torch.randn(4, 7, dtype=torch.float64), torch.randn(4, 7, dtype=torch.float64)
+    z[0, :3] = torch.tensor([0.0, -0.0, 1e-300], dtype=torch.float64)
+    assert torch.equal(ratio(r, z, 1e-6), r / _old_stabilize(z, 1e-6))
+    assert torch.equal(ratio(r[:1], z, 1e-6), r[:1] / _old_stabilize(z, 1e-6))  # broadcasting: no in-place
+    assert torch.equal(z[0, :3], torch.tensor([0.0, -0.0, 1e-300], dtype=torch.float64))  # z itself untouched
+
+
 class _Counted:
     """A bilinear map ``f`` that counts its forward evaluations (the transposes are passed through)."""
 
@@ -100,27 +110,26 @@ def test_no_product_recomputes_z_in_a_resnet(count_products):
 
 
 def test_promise_rebuilt_output_is_reused(count_products, monkeypatch):
-    """``x @ W`` followed by an addition (which saves nothing) and a relu: the output of the product is known only
-    through the promise the addition creates, so no consumer saved it; a promise-rebuilt ``z`` is reused."""
+    """``relu(x @ W1 + x @ W2) @ W3``: the addition saved neither summand, so a promise rebuilds both products'
+    outputs (``engine._rebuild``); their rules reuse those values instead of evaluating ``f`` a second time, and
+    the last product's ``z`` is the explained output itself. Zero evaluations in the rules (three before)."""
     torch.manual_seed(0)
-    w1, w2 = torch.randn(6, 5, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
-    b = torch.randn(5, dtype=torch.float64)
+    w1, w2, w3 = (torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64),
+                  torch.randn(5, 4, dtype=torch.float64))
 
     class Net(torch.nn.Module):
         def forward(self, x):
-            h = torch.relu(torch.addmm(b, x, w1))  # relu saves its result, not z: z recomputed from operands
-            return (h + 0.5) @ w2
+            return torch.relu(x @ w1 + x @ w2) @ w3
 
     x = torch.randn(3, 6, dtype=torch.float64)
     lrp = LRP(Net(), LRPConfig(epsilon=1e-9))
     fast = lrp.explain(x, target=1)
-    n_fast = len(count_products)
+    assert fast.stats["promises"] >= 1 and len(count_products) == 0
     _recompute(monkeypatch)
     count_products.clear()
     ref = lrp.explain(x, target=1)
-    assert torch.equal(fast.relevance[0], ref.relevance[0]) or torch.allclose(
-        fast.relevance[0], ref.relevance[0], rtol=1e-12, atol=0)
-    assert n_fast <= len(count_products)
+    assert len(count_products) == 3
+    torch.testing.assert_close(fast.relevance[0], ref.relevance[0], rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("spec,targets", [("torchvision:resnet18", "top3"), ("hf:gpt2", "positions")])
@@ -153,3 +162,41 @@ def test_explain_targets_rejects_bad_targets():
         lrp.explain_targets(inputs[0], [])
     with pytest.raises(TargetError, match="out of range"):
         lrp.explain_targets(inputs[0], [1, 10_000])
+
+
+@pytest.mark.parametrize("config", [LRPConfig(zplus=True, canonize=True), LRPConfig.gamma(0.25)],
+                         ids=["zplus-canonized", "gamma"])
+def test_skipping_vanishing_negative_input_terms_is_exact(config, monkeypatch):
+    """z+ and gamma on a ReLU's output (``x- = 0``) skip the ``x-`` products and transposes; the relevance equals
+    the full computation (float64, up to the sign of exact zeros)."""
+    from dynamiclrp.rules import specs
+
+    model, inputs, _ = _example("torchvision:resnet18")
+    lrp = LRP(model, config)
+    fast = lrp.explain(inputs[0])
+    monkeypatch.setattr(specs, "_nonnegative", lambda x: False)
+    ref = lrp.explain(inputs[0])
+    assert torch.equal(fast.relevance[0], ref.relevance[0])
+
+
+@pytest.mark.parametrize("spec", ["ZPlus", "Gamma", "AlphaBeta"])
+def test_skipping_negative_input_terms_with_parameter_relevance(spec):
+    from dynamiclrp.rules import specs
+
+    torch.manual_seed(0)
+    x, w = torch.randn(5, 6, dtype=torch.float64).relu(), torch.randn(6, 4, dtype=torch.float64)
+    b, r = torch.randn(4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    rule = {"ZPlus": specs.ZPlus(), "Gamma": specs.Gamma(0.25), "AlphaBeta": specs.AlphaBeta()}[spec]
+    op = linear._Op(linear.Matmul())
+    x[0, :3] = 0.0  # exact zeros among the positive inputs
+    fast = rule(op, x, w, b, r, True)
+    orig = specs._nonnegative
+    try:
+        specs._nonnegative = lambda x: False
+        ref = rule(op, x, w, b, r, True)
+    finally:
+        specs._nonnegative = orig
+    assert torch.equal(fast[0], ref[0])
+    assert (fast[1] is None and ref[1] is None) or torch.equal(fast[1], ref[1])
+    mixed = torch.randn(5, 6, dtype=torch.float64)  # negative inputs: the full computation still runs
+    assert not specs._nonnegative(mixed) and torch.isfinite(rule(op, mixed, w, b, r, False)[0]).all()

@@ -13,7 +13,8 @@ batch size, three measurements:
   model-construction peak). Reported: the peak above the resident set just before the call (the method's working
   memory, ``peak_mib``) and its ratio to gradient x input's.
 * **growth** -- in a fresh process, the resident set after each of ``growth`` repeated dynamiclrp explanations
-  (after ``gc.collect()`` and ``malloc_trim``): flat when nothing is held across calls.
+  (after ``gc.collect()`` and ``malloc_trim``: flat when nothing is held across calls; also without the trim, which
+  includes what the allocator keeps for reuse, and the running peak).
 
 Methods: ``forward`` (with grad), ``recorded_forward`` (the forward pass under :class:`ConstantRecorder`, part of
 every explanation), ``grad_x_input`` (the reference), ``dynamiclrp_first`` (a new :class:`LRP` object per call),
@@ -151,15 +152,21 @@ def measure_peak(fn: Callable[[], object]) -> dict:
     return {"base_kib": base, "hwm_kib": hwm, "peak_kib": max(hwm - base, 0)}
 
 
-def measure_growth(fn: Callable[[], object], n: int) -> list:
-    """Resident set (KiB) after each of ``n`` calls of ``fn`` (after :func:`release_heap`); first entry: before."""
+def measure_growth(fn: Callable[[], object], n: int) -> dict:
+    """Memory (KiB) before and after each of ``n`` calls of ``fn``: ``rss`` (resident set after
+    :func:`release_heap`: what is still referenced), ``untrimmed`` (after ``gc.collect()`` only: also what the
+    allocator keeps for reuse) and ``hwm`` (peak resident set so far, from the first call on)."""
     release_heap()
-    rss = [read_status("VmRSS")]
+    reset_peak()
+    out = {"rss": [read_status("VmRSS")], "untrimmed": [read_status("VmRSS")], "hwm": [read_status("VmHWM")]}
     for _ in range(n):
         fn()
+        gc.collect()
+        out["untrimmed"].append(read_status("VmRSS"))
+        out["hwm"].append(read_status("VmHWM"))
         release_heap()
-        rss.append(read_status("VmRSS"))
-    return rss
+        out["rss"].append(read_status("VmRSS"))
+    return out
 
 
 def in_fork(fn: Callable[[], object], timeout: float = 3600.0):
@@ -170,6 +177,9 @@ def in_fork(fn: Callable[[], object], timeout: float = 3600.0):
     parent, child = ctx.Pipe(duplex=False)
 
     def target():
+        # a forked child must not enter the parent's OpenMP thread pool (its threads did not survive the fork:
+        # GOMP then waits forever); measurements run on one torch thread anyway
+        torch.set_num_threads(1)
         try:
             child.send(("ok", fn()))
         except BaseException:  # report everything to the parent, the child exits anyway
@@ -649,9 +659,9 @@ def _one(name: str, batch: int, config: BenchConfig, growth: list) -> dict:
             except RuntimeError as err:
                 memory[method] = {"error": str(err).splitlines()[-1]}
         if config.growth and "dynamiclrp_repeated" in methods:
-            rss = in_fork(lambda: measure_growth(methods["dynamiclrp_repeated"], config.growth))
+            mem = in_fork(lambda: measure_growth(methods["dynamiclrp_repeated"], config.growth))
             growth.append({"model": name, "batch": batch, "method": "dynamiclrp_repeated",
-                           "rss_mib": [round(r / 1024, 1) for r in rss]})
+                           **{f"{k}_mib": [round(r / 1024, 1) for r in v] for k, v in mem.items()}})
     times = interleaved(methods, config.rounds, max(config.warmup - 1, 0))
     rows = ratios(times)
     methods.clear()  # free the model before LXT's workers build theirs
@@ -714,10 +724,13 @@ def table(result: dict) -> str:
         lines.append(f"| {row['model']} | {row['batch']} | {row['input']} | {row['method']} | " + " | ".join(cells)
                      + " |")
     if result["growth"]:
-        lines += ["", "Resident set (MiB) before and after each repeated dynamiclrp explanation:", "",
-                  "| model | batch | RSS MiB |", "| --- | ---: | --- |"]
+        lines += ["", "Memory (MiB) before and after each repeated dynamiclrp explanation (one `LRP` object, fresh "
+                  "process): resident set after `gc.collect()` + `malloc_trim` (held references), without the trim "
+                  "(plus what the allocator keeps), and the peak so far:", "",
+                  "| model | batch | RSS | RSS untrimmed | peak |", "| --- | ---: | --- | --- | --- |"]
         for g in result["growth"]:
-            lines.append(f"| {g['model']} | {g['batch']} | " + " → ".join(f"{r:.0f}" for r in g["rss_mib"]) + " |")
+            cells = [" → ".join(f"{r:.0f}" for r in g.get(k, [])) for k in ("rss_mib", "untrimmed_mib", "hwm_mib")]
+            lines.append(f"| {g['model']} | {g['batch']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -46,8 +46,8 @@ class LRPConfig:
     unsupported:
         ``"raise"`` (default): an op without a rule raises :class:`~dynamiclrp.errors.UnsupportedOperationError`
         before anything runs. ``"warn"``: warn once, naming the ops, and explain them with the generic rule of
-        :class:`~dynamiclrp.rules.base.FallbackRule` (identity for one-to-one ops, the op's own backward
-        otherwise) -- a documented approximation, never silent.
+        :class:`~dynamiclrp.rules.base.FallbackRule` (the epsilon rule of the op's linearisation, built from its
+        own backward: exact for routing and linear ops) -- a documented approximation, never silent.
     """
 
     epsilon: float = 1e-6

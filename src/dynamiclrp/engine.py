@@ -26,6 +26,7 @@ from .rules import RuleContext, lookup
 from .rules.base import FallbackRule, all_finite
 
 _LEAF = "AccumulateGrad"
+_VIEWS = ("ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward")  # output = input, reshaped
 
 
 @dataclass
@@ -141,7 +142,8 @@ class Engine:
             if config.unsupported == "raise":
                 raise UnsupportedOperationError(unsupported)
             warnings.warn(f"dynamiclrp: no rule for {sorted(unsupported)}; using the generic FallbackRule "
-                          "(identity / the op's own backward). Results for these ops are approximate.",
+                          "(epsilon on the op's linearisation, from its own backward; exact for routing and linear "
+                          "ops). Results for the other ops are approximate.",
                           stacklevel=3)
             fallback = FallbackRule()
             for node in graph.order:
@@ -328,8 +330,15 @@ class Engine:
         if out is not None:
             return tuple(out)
         y = consumer_saved_output(self.graph, u, self._rule_of)
-        if y is None and u is self.graph.root:
-            y = self.root_output
+        root = self.graph.root
+        if y is None and self.root_output is not None:
+            if u is root:
+                y = self.root_output
+            elif saved.op_name(root) in _VIEWS and self.graph.edges[root][0] == (u, 0):
+                # an LM head: logits = view(x @ W); z is the explained output (the largest product of the model)
+                shape = saved.output_shapes(u)[0]
+                if self.root_output.numel() == shape.numel() and self.root_output.dtype == saved.output_dtypes(u)[0]:
+                    y = self.root_output.reshape(shape)
         return None if y is None else (y,)
 
     def _rebuild(self, u):

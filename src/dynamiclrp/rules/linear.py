@@ -27,7 +27,7 @@ import torch
 from .. import saved
 from ..errors import DynamicLRPError
 from .base import OpRule, edge_shape, register, stabilize, unbroadcast
-from .specs import Epsilon, Gamma, ZPlus
+from .specs import Epsilon, Gamma, ZPlus, ratio
 
 
 class Matmul:
@@ -93,7 +93,7 @@ def product_relevance(f, a, b, bias, r, cfg, gamma, act_a: bool, act_b: bool, wa
     if act_a and act_b:  # bilinear: uniform rule
         if z is None:
             z = f(a, b) if bias is None else f(a, b) + bias
-        s = r / stabilize(z, eps)
+        s = ratio(r, z, eps)
         return 0.5 * a * _vjp(f, a, b, s, 0), 0.5 * b * _vjp(f, a, b, s, 1), None if bias is None else bias * s
     if not act_a and not act_b:
         return None, None, None
@@ -272,7 +272,7 @@ def held_product_relevance(f, a, b, bias, r, epsilon: float, held: int, z=None):
     Returns ``(R_a, R_b, R_bias)``; ``z``: its value when already known (not recomputed)."""
     if z is None:
         z = f(a, b) if bias is None else f(a, b) + bias
-    s = r / stabilize(z, epsilon)
+    s = ratio(r, z, epsilon)
     other = (a, b)[1 - held]
     rel = other * _vjp(f, a, b, s, 1 - held)
     rbias = None if bias is None else bias * s

@@ -97,6 +97,7 @@ def test_growth_sees_memory_held_across_calls():
     held = []
 
     def child():
+        held.append(torch.ones(16 * 2**18))  # a first call's one-time allocations are not growth
         return bench.measure_growth(lambda: held.append(torch.ones(16 * 2**18)), 3)  # keeps 16 MiB a call
 
     mem = bench.in_fork(child)

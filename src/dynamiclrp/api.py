@@ -11,6 +11,7 @@ from .config import LRPConfig
 from .constants import ConstantRecorder
 from .diagnostics import (
     CONSERVATION_LIMIT,
+    ConservationReport,
     check_conservation,
     check_seed,
     check_training,
@@ -209,6 +210,15 @@ class Explanation:
     seed: torch.Tensor
     stats: dict = field(default_factory=dict)
     conservation: torch.Tensor | None = None
+    trace: list | None = None
+
+    def conservation_report(self, tolerance: float = 1e-3):
+        """Per-op ✓/✗ conservation and the first node where relevance was created
+        (:class:`~dynamiclrp.diagnostics.ConservationReport`); needs ``explain(..., trace=True)``."""
+        if self.trace is None:
+            raise DynamicLRPError("no trace: explain with LRP(...).explain(inputs, trace=True) to get the per-op "
+                                  "conservation report")
+        return ConservationReport(self.trace, tolerance)
 
     def _repr_html_(self) -> str:
         """Notebook view: token heatmaps for token inputs, small PNG heatmaps for images
@@ -260,7 +270,7 @@ class LRP:
         return expl.relevance if isinstance(inputs, (tuple, list)) else expl.relevance[0]
 
     def explain(self, inputs, target=None, conservation_limit: float | None = CONSERVATION_LIMIT,
-                **forward_kwargs) -> Explanation:
+                trace: bool = False, **forward_kwargs) -> Explanation:
         """Run the model on ``inputs`` and explain ``target``; returns an :class:`Explanation`.
 
         Float inputs are explained directly. Integer inputs (token ids of language models) are explained where
@@ -274,11 +284,14 @@ class LRP:
         norm in training mode, and ``|Explanation.conservation| > conservation_limit`` for some sample
         (``None``: no check). A graph that reaches freed tensors of an earlier forward pass (a cache inside the
         model) raises :class:`~dynamiclrp.errors.StaleGraphError` saying how to reset it.
+
+        ``trace=True`` keeps the relevance arriving at and leaving every node (:attr:`Explanation.trace`), for
+        :meth:`Explanation.conservation_report`: which ops conserve, absorb or create relevance.
         """
-        return self.explain_targets(inputs, [target], conservation_limit, **forward_kwargs)[0]
+        return self.explain_targets(inputs, [target], conservation_limit, trace=trace, **forward_kwargs)[0]
 
     def explain_targets(self, inputs, targets, conservation_limit: float | None = CONSERVATION_LIMIT,
-                        **forward_kwargs) -> list:
+                        trace: bool = False, **forward_kwargs) -> list:
         """Explain several targets of one forward pass: a list of :class:`Explanation`, one per target.
 
         The model runs once; the recorded constants, the captured graph and the input taps are shared, and each
@@ -314,7 +327,7 @@ class LRP:
                 taps = [[input_taps(graph, t, recorder) for t in _elements(x)] for x in prepared]
                 engine = Engine(graph, self.config,
                                 taps=[t for arg in taps for ts in arg for t in ts if t is not None],
-                                constants=recorder.calls, model=self.model)
+                                constants=recorder.calls, model=self.model, trace=trace)
                 engine.root_output = _root_value(output)
                 result = engine.run(seed, slot=output.output_nr)
             except UnsupportedOperationError as err:
@@ -332,6 +345,7 @@ class LRP:
                 relevance.append(_repack(x, [r for r, _ in pairs]))
                 emb.append(_repack(x, [e for _, e in pairs]))
             stats = summarize(result)
+            result_trace = result.trace
             result.release()  # memory: no reference cycle may keep the autograd graph alive (EngineResult.release)
             del engine, result
             flat = [r for x in relevance for r in _elements(x)]
@@ -339,7 +353,8 @@ class LRP:
             check_training(self.model, graph)
             check_conservation(flat, seed, output, conservation_limit)
             ratio = conservation(flat, seed)
-            explanations.append(Explanation(tuple(relevance), tuple(emb), output.detach(), seed, stats, ratio))
+            explanations.append(Explanation(tuple(relevance), tuple(emb), output.detach(), seed, stats, ratio,
+                                            result_trace))
         return explanations
 
 

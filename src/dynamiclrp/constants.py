@@ -308,24 +308,13 @@ def consumer_saved_output(graph, node, rule_of, slot: int = 0):
     return None
 
 
-def _additive_signs(node):
-    """``(s_0, s_1)`` with ``y = s_0 * a + s_1 * b`` for add / sub / rsub nodes (``alpha`` included)."""
-    alpha = saved.get(node, "alpha", 1)
-    name = saved.op_name(node)
-    if name == "SubBackward":
-        return (1, -alpha)
-    if name == "RsubBackward":
-        return (-alpha, 1)
-    return (1, alpha)
-
-
 def invertible_edges(node) -> tuple:
     """Edges outside the graph whose value :func:`invert` can compute from the output and the other operands:
     the constant addend of a two-operand add / sub / rsub (``y = s_0 a + s_1 b`` is solved exactly for the
     constant). Empty for every other op (a product ``y = a b`` is not invertible where the other factor is 0)."""
     if saved.op_name(node) not in ("AddBackward", "SubBackward", "RsubBackward") or len(node.next_functions) != 2:
         return ()
-    signs = _additive_signs(node)
+    signs = saved.additive_signs(node)
     return tuple(i for i, (child, _slot) in enumerate(node.next_functions) if child is None and signs[i] != 0)
 
 
@@ -333,7 +322,7 @@ def invert(node, vals: list, output) -> None:
     """Fill the :func:`invertible_edges` of ``node`` that are ``None`` in ``vals`` from its ``output`` and the
     other operand: ``b = (y - s_0 a) / s_1``. The result has the output's shape (a broadcast constant is
     returned broadcast), which is all the add rule and its forward need. Needs the other operand known."""
-    signs = _additive_signs(node)
+    signs = saved.additive_signs(node)
     for i in invertible_edges(node):
         other = vals[1 - i]
         if vals[i] is None and other is not None and output is not None:

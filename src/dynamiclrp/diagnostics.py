@@ -161,3 +161,54 @@ def stale_graph_error(err: BaseException) -> StaleGraphError:
         "precomputed positional table...): its autograd graph belongs to that earlier pass, and a backward() since "
         "has freed it. Clear the cache before explaining -- for timm models model.train(); model.eval() -- or "
         "avoid calling backward() on outputs of the cached model between explanations.")
+
+
+# ------------------------------------------------------------------------------------------------ per-op report
+
+
+class ConservationReport:
+    """Where relevance is created or absorbed, op by op (LXT-style ✓/✗), from a traced explanation
+    (``LRP.explain(..., trace=True)``; :attr:`Explanation.trace`).
+
+    A node *conserves* when the relevance it passed on to its inputs equals what arrived at its outputs within
+    ``tolerance`` (relative). Biases, constants and the softmax rule legitimately *absorb* (ratio < 1); a ratio
+    above 1, or of the other sign, means the rule *created* relevance there -- the first such node in traversal
+    order (:attr:`first_created`) is where to look.
+
+    Attributes
+    ----------
+    by_op : ``{op name: (nodes, conserving nodes, lowest ratio, highest ratio)}``.
+    first_created : the first :class:`~dynamiclrp.engine.NodeTrace` that created relevance, or ``None``.
+    """
+
+    def __init__(self, trace, tolerance: float = 1e-3):
+        self.tolerance = tolerance
+        self.trace = list(trace)
+        self.by_op: dict = {}
+        self.first_created = None
+        for t in self.trace:
+            if not t.relevance_in:
+                continue
+            ok = abs(t.relevance_out - t.relevance_in) <= tolerance * abs(t.relevance_in)
+            created = not ok and (t.ratio > 1 or t.ratio < 0)
+            if created and self.first_created is None:
+                self.first_created = t
+            n, good, lo, hi = self.by_op.get(t.op, (0, 0, float("inf"), float("-inf")))
+            self.by_op[t.op] = (n + 1, good + ok, min(lo, t.ratio), max(hi, t.ratio))
+
+    @property
+    def conserving(self) -> bool:
+        """Whether every node conserved relevance within the tolerance."""
+        return all(n == good for n, good, _, _ in self.by_op.values())
+
+    def __str__(self) -> str:
+        lines = [f"relevance conservation per op (out / in per node, tolerance {self.tolerance:g}):"]
+        for op, (n, good, lo, hi) in sorted(self.by_op.items()):
+            mark = "✓" if n == good else "✗"
+            span = f"{lo:.4g}" if lo == hi else f"{lo:.4g} .. {hi:.4g}"
+            lines.append(f"  {mark} {op:<32} {good}/{n} conserve   ratio {span}")
+        if self.first_created is not None:
+            t = self.first_created
+            lines.append(f"relevance first created at {t.op} (step {t.step}): in {t.relevance_in:.4g}, "
+                         f"out {t.relevance_out:.4g}")
+        return "\n".join(lines)

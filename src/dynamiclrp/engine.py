@@ -29,6 +29,23 @@ _LEAF = "AccumulateGrad"
 _VIEWS = ("ViewBackward", "UnsafeViewBackward", "ReshapeAliasBackward")  # output = input, reshaped
 
 
+@dataclass(frozen=True)
+class NodeTrace:
+    """Relevance at one node of a traced run (``Engine(trace=True)``): ``relevance_in`` arrived at its outputs,
+    ``relevance_out`` went on to its inputs in the graph (what parameters, biases and constants absorbed is the
+    difference). ``step`` is the node's place in the traversal."""
+
+    op: str
+    step: int
+    relevance_in: float
+    relevance_out: float
+
+    @property
+    def ratio(self) -> float:
+        """``relevance_out / relevance_in`` (1: conserved; NaN when nothing arrived)."""
+        return self.relevance_out / self.relevance_in if self.relevance_in else float("nan")
+
+
 @dataclass
 class EngineResult:
     """What a run produced: the relevance at each tapped ``(node, slot)`` and statistics."""
@@ -38,6 +55,8 @@ class EngineResult:
     promises: list
     chain_nodes: int
     graph: Graph
+    #: with ``Engine(trace=True)``: one :class:`NodeTrace` per node that distributed relevance, in traversal order
+    trace: list | None = None
 
     def release(self) -> None:
         """Break the ``Promise <-> Branch`` reference cycles and drop the graph. Call it once the statistics are
@@ -112,8 +131,10 @@ class Engine:
     #: before :meth:`run`: lets a constant added last (a logits bias) be solved as ``output - other``
     root_output = None
 
-    def __init__(self, graph: Graph, config, taps=(), want_params=False, constants=None, model=None):
+    def __init__(self, graph: Graph, config, taps=(), want_params=False, constants=None, model=None,
+                 trace: bool = False):
         self.graph = graph
+        self.trace = [] if trace else None  # per-node relevance in / out (NodeTrace), for conservation reports
         self.constants = constants or {}  # grad_fn -> constants.Call of the forward pass
         self.recorded = constants is not None  # the forward pass ran under a ConstantRecorder
         self.config = config
@@ -190,7 +211,7 @@ class Engine:
             raise RuntimeError(f"internal error: {len(left)} nodes were not propagated exactly once ({names}); "
                                "please report this graph")
         self._release()
-        return EngineResult(self.taps, self.propagations, self.promises, self.chain_nodes, self.graph)
+        return EngineResult(self.taps, self.propagations, self.promises, self.chain_nodes, self.graph, self.trace)
 
     def _release(self):
         """Drop every tensor the traversal held (relevances, rebuilt values, promise operands). The promise
@@ -568,6 +589,9 @@ class Engine:
                         f"relevance became NaN/Inf at {saved.full_name(u)} (input {i}); its output relevance was "
                         f"{'finite' if all(all_finite(x) for x in rel) else 'already non-finite'}"
                     )
+        if self.trace is not None:
+            self.trace.append(NodeTrace(saved.full_name(u), len(self.trace), float(sum(r.sum() for r in rel)),
+                                        float(sum(r.sum() for r in rins if r is not None))))
         return rins
 
 

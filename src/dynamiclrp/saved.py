@@ -97,3 +97,14 @@ def zeros(node, slot: int = 0) -> torch.Tensor:
         return torch.zeros_like(node.variable)
     meta = node._input_metadata[slot]
     return torch.zeros(meta.shape, dtype=meta.dtype, device=meta.device)
+
+
+def additive_signs(node) -> tuple:
+    """``(s_0, s_1)`` with ``y = s_0 * a + s_1 * b`` for an add / sub / rsub node (``alpha`` included)."""
+    alpha = get(node, "alpha", 1)
+    name = op_name(node)
+    if name == "SubBackward":
+        return (1, -alpha)
+    if name == "RsubBackward":
+        return (-alpha, 1)
+    return (1, alpha)

@@ -79,12 +79,7 @@ class ClassScore:
         if out.dim() != 2:
             raise ValueError(f"class_score needs outputs [batch, classes], got {tuple(out.shape)}; for language "
                              "models use next_token_score")
-        t = torch.as_tensor(target, device=out.device).long().reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(out.shape[0])
-        if t.numel() != out.shape[0]:
-            raise ValueError(f"{t.numel()} targets for {out.shape[0]} output rows")
-        return _normalise(out, self.kind).gather(1, t.unsqueeze(1)).squeeze(1)
+        return _pick(_normalise(out, self.kind), target)
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,13 +102,17 @@ class NextTokenScore:
         if out.dim() != 3:
             raise ValueError(f"next_token_score needs logits [batch, seq, vocab], got {tuple(out.shape)}; for "
                              "classifiers use class_score")
-        t = torch.as_tensor(target, device=out.device).long().reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(out.shape[0])
-        if t.numel() != out.shape[0]:
-            raise ValueError(f"{t.numel()} target tokens for {out.shape[0]} output rows")
-        logits = _normalise(out[:, self.position], self.kind)
-        return logits.gather(1, t.unsqueeze(1)).squeeze(1)
+        return _pick(_normalise(out[:, self.position], self.kind), target)
+
+
+def _pick(scores: torch.Tensor, target) -> torch.Tensor:
+    """``scores[i, target[i]]`` for ``[batch, classes]`` scores; one target serves every row."""
+    t = torch.as_tensor(target, device=scores.device).long().reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(scores.shape[0])
+    if t.numel() != scores.shape[0]:
+        raise ValueError(f"{t.numel()} targets for {scores.shape[0]} output rows")
+    return scores.gather(1, t.unsqueeze(1)).squeeze(1)
 
 
 def class_score(model: Callable, kind: str = "logit", output_selector=None, **forward_kwargs) -> ClassScore:

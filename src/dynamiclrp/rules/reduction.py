@@ -25,17 +25,14 @@ class AddRule(OpRule):
     outside the graph (a buffer, a frozen parameter) is a bias: it takes its share and keeps it, as a trainable
     parameter would (its value comes from the forward pass, see :mod:`dynamiclrp.constants`). A constant added
     right before a softmax is that softmax's bias instead (:class:`~dynamiclrp.rules.attention.SoftmaxRule`).
-    A Python scalar addend (``x + 1``), which autograd does not keep, absorbs nothing: ``R_x = R_y``.
+    A Python scalar addend (``x + 1``) is a bias too (read from the recorded call, or solved from the graph as
+    ``y - x`` where a consumer saved ``y``). Inside an elementwise nonlinearity or a normalisation written out in
+    primitives (``x * (1 + tanh(...))``), the branch holding such a constant gets no relevance at all
+    (:meth:`~dynamiclrp.graph.Graph.self_gated_edge`).
     """
 
     def _signs(self, node):
-        alpha = saved.get(node, "alpha", 1)
-        name = saved.op_name(node)
-        if name == "SubBackward":
-            return (1, -alpha)
-        if name == "RsubBackward":
-            return (-alpha, 1)
-        return (1, alpha)
+        return saved.additive_signs(node)
 
     def needs(self, node, graph):
         return range(len(node.next_functions)) if len(node.next_functions) == 2 else ()

@@ -153,3 +153,38 @@ def test_demo_text_half_on_real_weights(tmp_path, capsys, monkeypatch):
     assert "' Paris'" in printed
     html = (tmp_path / "tokens.html").read_text()
     assert html.count("France") >= 1 and "<script" not in html
+
+
+TWO_OUTPUTS = textwrap.dedent('''
+    import torch
+    from torch import nn
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 3)
+            self.b = nn.Linear(4, 2)
+
+        def forward(self, x, scale=1.0):
+            return {"first": self.a(x) * scale, "second": torch.sort(self.b(x), -1).values}
+
+    def two():
+        torch.manual_seed(0)
+        return Two().eval(), (torch.randn(1, 4),)
+''')
+
+
+def test_coverage_output_selector_and_forward_kwargs(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "two.py"
+    path.write_text(TWO_OUTPUTS)
+    assert main(["coverage", f"{path}:two", "--json"]) == 2  # a dict output without a selector: a clear error
+    assert "output_selector" in capsys.readouterr().err
+    assert main(["coverage", f"{path}:two", "--output-selector", "second", "--forward-kwarg", "scale=2.5",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    ops = {op["name"] for op in data["ops"]}
+    assert "SortBackward0" in ops and "MulBackward0" not in ops  # the selected output's graph was checked
+    assert main(["coverage", f"{path}:two", "--output-selector", "first", "--forward-kwarg", "nope"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err

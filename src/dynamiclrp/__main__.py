@@ -28,6 +28,10 @@ def _coverage_arguments(parser: argparse.ArgumentParser) -> None:
                         help="example input shape, e.g. 1,3,32,32 (needed when a factory returns only a model)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-run", action="store_true", help="only check rule coverage, do not run the engine")
+    parser.add_argument("--output-selector", default=None,
+                        help="for models returning tuples/dicts: the key (or index) of the output to check")
+    parser.add_argument("--forward-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                        help="a keyword argument of the forward call (a Python literal or a string); repeatable")
     parser.add_argument("--ops", action="store_true",
                         help="no model: which of torch's autograd node types have a rule, the missing ones by family")
 
@@ -36,7 +40,7 @@ def coverage_command(args: argparse.Namespace) -> int:
     """Build the model of ``args.spec`` offline and print its coverage report; exit status 1 when some op has no
     rule or the engine run failed."""
     from .coverage import coverage, op_coverage
-    from .zoo import build
+    from .zoo import load
 
     if args.ops:
         import json
@@ -47,10 +51,41 @@ def coverage_command(args: argparse.Namespace) -> int:
     if args.spec is None:
         raise SystemExit("dynamiclrp coverage: give a model SPEC, or --ops for torch's op types")
     torch.manual_seed(0)
-    model, inputs, kwargs = build(args.spec, args.input_shape)
-    report = coverage(model, inputs, forward_kwargs=kwargs, run=not args.no_run, label=args.spec)
+    loaded = load(args.spec, input_shape=args.input_shape)  # the parser `explain` uses: bundled models too
+    model = loaded.model
+    inputs, kwargs = loaded.example or example_inputs(loaded)
+    kwargs = {**kwargs, **parse_kwargs(args.forward_kwarg)}
+    selector = args.output_selector
+    if selector is not None and selector.lstrip("-").isdigit():
+        selector = int(selector)
+    report = coverage(model, inputs, forward_kwargs=kwargs, run=not args.no_run, label=args.spec,
+                      output_selector=selector)
     print(report.to_json() if args.json else report)
     return 0 if report.complete and report.engine_error is None else 1
+
+
+def example_inputs(loaded) -> tuple:
+    """``(inputs, forward_kwargs)`` for a model loaded without an example (the bundled real models)."""
+    if loaded.modality == "text" and loaded.tokenizer is not None:
+        return (loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids,), {}
+    return (torch.randn(1, 3, loaded.image_size, loaded.image_size),), {}
+
+
+def parse_kwargs(items) -> dict:
+    """``["key=value", ...]`` as keyword arguments: values are Python literals (``3``, ``True``, ``[1, 2]``,
+    ``'text'``) or, failing that, strings."""
+    import ast
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--forward-kwarg {item!r} should read KEY=VALUE with KEY a Python name")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ CLI

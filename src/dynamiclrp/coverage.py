@@ -196,7 +196,8 @@ def _fmt(x, spec: str) -> str:
 
 
 def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None = None, target=None,
-             forward_kwargs: dict | None = None, run: bool = True, label: str | None = None) -> CoverageReport:
+             forward_kwargs: dict | None = None, run: bool = True, label: str | None = None,
+             output_selector=None) -> CoverageReport:
     """Check which autograd operations of a model have an LRP rule, and measure its promises.
 
     Parameters
@@ -220,6 +221,8 @@ def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None =
         Run the engine once when every node is covered, to fill :attr:`CoverageReport.stats`.
     label : str, optional
         Name shown in the report (default: the model's class name, or ``"output"``).
+    output_selector : optional
+        For models returning tuples/dicts: a key or a callable picking the tensor to check (as in :class:`LRP`).
 
     Returns
     -------
@@ -235,7 +238,7 @@ def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None =
     if model is not None:
         prepared = prepare_inputs(inputs)
         raw, recorder = run_recorded(model, prepared, forward_kwargs)
-        output = select_output(raw)
+        output = select_output(raw, output_selector)
         label = label or type(model).__name__
     label = label or "output"
     if not isinstance(output, torch.Tensor):
@@ -258,7 +261,7 @@ def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None =
         covered_nodes += op.covered
     uncovered = {name for name, op in ops.items() if not op.covered}
     if uncovered and isinstance(model, nn.Module):
-        for name, places in _module_paths(model, prepared, forward_kwargs, uncovered).items():
+        for name, places in _module_paths(model, prepared, forward_kwargs, uncovered, output_selector).items():
             ops[name].modules = places
 
     report = CoverageReport(label, len(graph), covered_nodes,
@@ -282,16 +285,16 @@ def coverage(model=None, inputs=None, *, output=None, config: LRPConfig | None =
                 blockers = planned or ([(err.op, err.rank, [])] if err.op is not None else blockers)
             except RuntimeError as err:  # DynamicLRPError or an engine failure
                 report.engine_error = f"{type(err).__name__}: {err}"
-        report.blocking = _locate(blockers, model, prepared, forward_kwargs)
+        report.blocking = _locate(blockers, model, prepared, forward_kwargs, output_selector)
     return report
 
 
-def _locate(blockers: list, model, inputs: tuple, forward_kwargs: dict) -> list:
+def _locate(blockers: list, model, inputs: tuple, forward_kwargs: dict, output_selector=None) -> list:
     """``{"op", "inputs", "module"}`` per blocking node; module paths by one hooked forward pass of ``model``."""
     paths: dict = {}
     if blockers and isinstance(model, nn.Module):
         try:
-            paths = _node_paths(model, inputs, forward_kwargs, {op for op, _, _ in blockers})
+            paths = _node_paths(model, inputs, forward_kwargs, {op for op, _, _ in blockers}, output_selector)
         except Exception:  # locating is best effort
             paths = {}
     found = []
@@ -359,10 +362,11 @@ def _clock() -> int:
         return torch.zeros(1, requires_grad=True).view(1).grad_fn._sequence_nr() + 1
 
 
-def _module_paths(model: nn.Module, inputs: tuple, forward_kwargs: dict, names: set) -> dict[str, dict[str, int]]:
+def _module_paths(model: nn.Module, inputs: tuple, forward_kwargs: dict, names: set,
+                  output_selector=None) -> dict[str, dict[str, int]]:
     """Module path -> nodes there, for each node type in ``names`` (see :func:`_node_paths`)."""
     places: dict[str, dict[str, int]] = {}
-    for name, paths in _node_paths(model, inputs, forward_kwargs, names).items():
+    for name, paths in _node_paths(model, inputs, forward_kwargs, names, output_selector).items():
         for path in paths:
             if path is not None:
                 where = places.setdefault(name, {})
@@ -370,7 +374,8 @@ def _module_paths(model: nn.Module, inputs: tuple, forward_kwargs: dict, names: 
     return {name: dict(sorted(where.items())) for name, where in places.items()}
 
 
-def _node_paths(model: nn.Module, inputs: tuple, forward_kwargs: dict, names: set) -> dict[str, list]:
+def _node_paths(model: nn.Module, inputs: tuple, forward_kwargs: dict, names: set,
+                output_selector=None) -> dict[str, list]:
     """Run ``model`` again with temporary forward hooks and find, for each node of the new graph whose type is in
     ``names``, the innermost module that created it: ``{name: [path or None, one per node in topological order]}``
     (the ``k``-th entry is the ``k``-th node of that type, as an engine run over the same forward numbers them).
@@ -410,7 +415,7 @@ def _node_paths(model: nn.Module, inputs: tuple, forward_kwargs: dict, names: se
             handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             handles.append(module.register_forward_hook(make_hook(path), with_kwargs=True))
         with torch.enable_grad():
-            output = select_output(model(*inputs, **forward_kwargs))
+            output = select_output(model(*inputs, **forward_kwargs), output_selector)
         found: dict[str, list] = {}
         for node in Graph.capture(output).order:
             name = saved.full_name(node)

@@ -222,3 +222,23 @@ def test_propagate_to_intermediates_params_and_multi_output_nodes():
     # tensors that did not contribute get zeros
     unused = torch.randn(3, requires_grad=True)
     assert torch.equal(propagate(out, [unused], relevance=out.detach())[0], torch.zeros(3))
+
+
+def test_default_config_is_chosen_per_graph_from_the_measured_presets():
+    """LRP(model) without a config: epsilon_plus for convolutional networks, attnlrp where there is softmax
+    attention (and for anything else): the most faithful presets measured (README, Results)."""
+    from dynamiclrp.zoo import build
+
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 5)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    expl = LRP(cnn).explain(x)
+    assert expl.config == LRPConfig.epsilon_plus()
+    torch.testing.assert_close(expl.relevance[0], LRP(cnn, LRPConfig.epsilon_plus()).attribute(x))
+    gpt2, inputs, kwargs = build("hf:gpt2")
+    assert LRP(gpt2).explain(*inputs, **kwargs).config == LRPConfig.attnlrp()
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    assert LRP(mlp).explain(torch.randn(1, 4)).config == LRPConfig.attnlrp()
+    explicit = LRPConfig(epsilon=1e-3)
+    assert LRP(mlp, explicit).explain(torch.randn(1, 4)).config is explicit

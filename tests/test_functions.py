@@ -394,7 +394,7 @@ def test_gru_explains_like_the_hand_written_gru(dtype):
     model = GRUClassifier().to(dtype).eval()
     x = torch.randn(5, 2, 4, dtype=dtype)
     h0 = torch.zeros(1, 2, 5, dtype=dtype)
-    r, rh = LRP(model).attribute((x, h0), target=2)
+    r, rh = LRP(model, LRPConfig()).attribute((x, h0), target=2)
     xo = x.clone().requires_grad_(True)
     with ConstantRecorder() as rec:
         y = _gru_oracle(model, xo, torch.zeros(2, 5, dtype=dtype))

@@ -198,7 +198,7 @@ def test_hf_inputs_embeds_propagate_without_recorder(name):
     # and LRP.explain (which records) gives the same, on its default seed
     leaf = x.clone().requires_grad_()
     (rel,) = propagate(model(leaf, **extra), [leaf])
-    expl = LRP(model).explain(x, conservation_limit=None, **extra)
+    expl = LRP(model, LRPConfig()).explain(x, conservation_limit=None, **extra)
     torch.testing.assert_close(rel, expl.relevance[0], rtol=1e-5, atol=1e-7)
 
 

@@ -202,6 +202,8 @@ class Explanation:
     conservation: ``sum(input relevance) / sum(seed)`` per sample (float64; NaN for a zero seed), see
         :mod:`dynamiclrp.diagnostics`: of order one on healthy models; :meth:`LRP.explain` warns when it is far
         outside.
+    trace: with ``explain(..., trace=True)``: relevance in and out of every node (:meth:`conservation_report`).
+    config: the :class:`LRPConfig` the explanation used (chosen per graph when ``LRP`` was given none).
     """
 
     relevance: tuple
@@ -211,6 +213,7 @@ class Explanation:
     stats: dict = field(default_factory=dict)
     conservation: torch.Tensor | None = None
     trace: list | None = None
+    config: LRPConfig | None = None
 
     def conservation_report(self, tolerance: float = 1e-3):
         """Per-op ✓/✗ conservation and the first node where relevance was created
@@ -255,13 +258,16 @@ class LRP:
     Parameters
     ----------
     model: any callable ``nn.Module``; it is run, never changed (no hooks, no parameter edits).
-    config: :class:`LRPConfig`; default ``LRPConfig()``.
+    config: :class:`LRPConfig`; default ``None``: chosen per explained graph by
+        :func:`dynamiclrp.presets.for_graph` -- ``attnlrp()`` where there is softmax attention, ``epsilon_plus()``
+        for convolutional networks (the most faithful presets measured, see the README); the one used is
+        :attr:`Explanation.config`.
     output_selector: for models returning tuples/dicts: a key or a callable picking the tensor to explain.
     """
 
     def __init__(self, model, config: LRPConfig | None = None, output_selector=None):
         self.model = model
-        self.config = config or LRPConfig()
+        self.config = config
         self.output_selector = output_selector
 
     def attribute(self, inputs, target=None, **forward_kwargs):
@@ -321,11 +327,16 @@ class LRP:
             )
         seeds = [seed_relevance(output, target) for target in targets]  # bad targets fail before any propagation
         graph = Graph.capture(output)
+        config = self.config
+        if config is None:
+            from .presets import for_graph
+
+            config = for_graph(graph)
         explanations = []
         for seed in seeds:
             try:
                 taps = [[input_taps(graph, t, recorder) for t in _elements(x)] for x in prepared]
-                engine = Engine(graph, self.config,
+                engine = Engine(graph, config,
                                 taps=[t for arg in taps for ts in arg for t in ts if t is not None],
                                 constants=recorder.calls, model=self.model, trace=trace)
                 engine.root_output = _root_value(output)
@@ -354,7 +365,7 @@ class LRP:
             check_conservation(flat, seed, output, conservation_limit)
             ratio = conservation(flat, seed)
             explanations.append(Explanation(tuple(relevance), tuple(emb), output.detach(), seed, stats, ratio,
-                                            result_trace))
+                                            result_trace, config))
         return explanations
 
 

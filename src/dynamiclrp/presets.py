@@ -88,6 +88,27 @@ def epsilon_alpha2_beta1(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> LRP
     return _vision(AlphaBeta(2.0, 1.0, stabilizer), None, epsilon, stabilizer)
 
 
+#: ops that make a graph a transformer for :func:`for_graph` (softmax attention, fused or not)
+_ATTENTION_OPS = ("SoftmaxBackward", "SafeSoftmaxBackward", "ScaledDotProduct")
+
+
+def for_graph(graph) -> LRPConfig:
+    """The default of ``LRP(model)`` without a config, chosen from the operations of the explained graph (never
+    from the model's class), after the faithfulness measured in the README: a graph with softmax attention gets
+    :func:`attnlrp` (the most faithful on SmolLM2 and the pattern ViT, and LXT's AttnLRP exactly); one with
+    convolutions and no attention gets :func:`epsilon_plus` (the most faithful on ImageNet EfficientNet-Lite0);
+    anything else :func:`attnlrp` (its rules reduce to epsilon -> 0 with the z-rule for sums: gradient x input on
+    ReLU networks)."""
+    from . import saved
+
+    names = {saved.op_name(n) for n in graph.order}
+    if any(n.startswith(_ATTENTION_OPS) for n in names):
+        return attnlrp()
+    if "ConvolutionBackward" in names:
+        return epsilon_plus()
+    return attnlrp()
+
+
 PRESETS = {"attnlrp": attnlrp, "cp_lrp": cp_lrp, "epsilon_plus": epsilon_plus,
            "epsilon_gamma_box": epsilon_gamma_box, "epsilon_plus_flat": epsilon_plus_flat,
            "epsilon_alpha2_beta1": epsilon_alpha2_beta1}

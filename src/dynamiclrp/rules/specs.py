@@ -54,6 +54,29 @@ def ratio(r, z, epsilon):
     return r / den
 
 
+def _signs(x) -> tuple:
+    """``(x+, x-)``; ``x-`` is ``None`` when ``x >= 0`` (:func:`_nonnegative`): its terms are exactly zero."""
+    return x.clamp(min=0), (None if _nonnegative(x) else x.clamp(max=0))
+
+
+def _sign_split(op, xp, xn, wa, wb, bias_terms, r, stabilizer, want_params) -> tuple:
+    """One sign-aware part of the z+, alpha-beta and gamma rules: ``s = r / stab(f(x+, wa) + f(x-, wb) + sum of
+    bias_terms)``, ``R_x = x+ * f^T_{wa}(s) + x- * f^T_{wb}(s)`` and, if ``want_params``,
+    ``R_W = wa * f^T_{x+}(s) + wb * f^T_{x-}(s)`` (else ``None``). ``xn`` is ``None`` after a ReLU: its
+    products and transposes vanish and are skipped (same floats, half the work)."""
+    z = op(xp, wa) if xn is None else op(xp, wa) + op(xn, wb)
+    for term in bias_terms:
+        z = z + term
+    s = ratio(r, z, stabilizer)
+    rx = xp * op.vjp(xp, wa, s, 0)
+    rw = wa * op.vjp(xp, wa, s, 1) if want_params else None
+    if xn is not None:
+        rx = rx + xn * op.vjp(xn, wb, s, 0)
+        if want_params:
+            rw = rw + wb * op.vjp(xn, wb, s, 1)
+    return rx, rw
+
+
 def output_of(op, x, w, b0):
     """``z = f(x, W) + b`` for the operands the spec was called with: the value the forward pass or a promise
     already produced (``op.z``, see :func:`~dynamiclrp.rules.linear.known_output`) when known, else computed
@@ -117,26 +140,13 @@ class Gamma(ProductSpec):
     def __call__(self, op, x, w, bias, r, want_params):
         g, b0 = self.gamma, _zero(x) if bias is None else bias
         wp, wn = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        xp, xn = _signs(x)
         z = output_of(op, x, w, b0)
-        if _nonnegative(x):  # after a ReLU x- = 0: its products and transposes vanish (same floats, half the work)
-            zp = op(xp, wp) + b0 + g * b0.clamp(min=0)
-            zn = op(xp, wn) + b0 + g * b0.clamp(max=0)
-            sp = r * (z > 0) / stabilize(zp, self.stabilizer)
-            sn = r * (z < 0) / stabilize(zn, self.stabilizer)
-            rx = xp * (op.vjp(xp, wp, sp, 0) + op.vjp(xp, wn, sn, 0))
-            rw = wp * op.vjp(xp, wp, sp, 1) + wn * op.vjp(xp, wn, sn, 1) if want_params else None
-            return rx, rw, None
-        zp = op(xp, wp) + op(xn, wn) + b0 + g * b0.clamp(min=0)
-        zn = op(xp, wn) + op(xn, wp) + b0 + g * b0.clamp(max=0)
-        sp = r * (z > 0) / stabilize(zp, self.stabilizer)
-        sn = r * (z < 0) / stabilize(zn, self.stabilizer)
-        rx = xp * (op.vjp(xp, wp, sp, 0) + op.vjp(xp, wn, sn, 0)) + xn * (op.vjp(xn, wn, sp, 0) + op.vjp(xn, wp, sn, 0))
-        rw = None
-        if want_params:
-            rw = wp * (op.vjp(xp, wp, sp, 1) + op.vjp(xn, wp, sn, 1)) + \
-                wn * (op.vjp(xn, wn, sp, 1) + op.vjp(xp, wn, sn, 1))
-        return rx, rw, None
+        rxp, rwp = _sign_split(op, xp, xn, wp, wn, (b0, g * b0.clamp(min=0)), r * (z > 0), self.stabilizer,
+                               want_params)
+        rxn, rwn = _sign_split(op, xp, xn, wn, wp, (b0, g * b0.clamp(max=0)), r * (z < 0), self.stabilizer,
+                               want_params)
+        return rxp + rxn, rwp + rwn if want_params else None, None
 
 
 @dataclass(frozen=True)
@@ -154,14 +164,9 @@ class ZPlus(ProductSpec):
 
     def __call__(self, op, x, w, bias, r, want_params):
         b0 = _zero(x) if bias is None else bias
-        wp, wn = w.clamp(min=0), w.clamp(max=0)
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
-        if _nonnegative(x):  # after a ReLU x- = 0: its product and transpose vanish (same floats, half the work)
-            s = ratio(r, op(xp, wp) + b0.clamp(min=0), self.stabilizer)
-            return xp * op.vjp(xp, wp, s, 0), wp * op.vjp(xp, wp, s, 1) if want_params else None, None
-        s = r / stabilize(op(xp, wp) + op(xn, wn) + b0.clamp(min=0), self.stabilizer)
-        rx = xp * op.vjp(xp, wp, s, 0) + xn * op.vjp(xn, wn, s, 0)
-        rw = wp * op.vjp(xp, wp, s, 1) + wn * op.vjp(xn, wn, s, 1) if want_params else None
+        xp, xn = _signs(x)
+        rx, rw = _sign_split(op, xp, xn, w.clamp(min=0), w.clamp(max=0), (b0.clamp(min=0),), r, self.stabilizer,
+                             want_params)
         return rx, rw, None
 
 
@@ -187,15 +192,9 @@ class AlphaBeta(ProductSpec):
     def __call__(self, op, x, w, bias, r, want_params):
         b0 = _zero(x) if bias is None else bias
         wp, wn = w.clamp(min=0), w.clamp(max=0)
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
-        if _nonnegative(x):  # after a ReLU x- = 0: its products and transposes vanish (same floats, half the work)
-            sp = ratio(r, op(xp, wp) + b0.clamp(min=0), self.stabilizer)
-            sn = ratio(r, op(xp, wn) + b0.clamp(max=0), self.stabilizer)
-            return self.alpha * (xp * op.vjp(xp, wp, sp, 0)) - self.beta * (xp * op.vjp(xp, wn, sn, 0)), None, None
-        sp = r / stabilize(op(xp, wp) + op(xn, wn) + b0.clamp(min=0), self.stabilizer)
-        sn = r / stabilize(op(xp, wn) + op(xn, wp) + b0.clamp(max=0), self.stabilizer)
-        pos = xp * op.vjp(xp, wp, sp, 0) + xn * op.vjp(xn, wn, sp, 0)
-        neg = xp * op.vjp(xp, wn, sn, 0) + xn * op.vjp(xn, wp, sn, 0)
+        xp, xn = _signs(x)
+        pos, _ = _sign_split(op, xp, xn, wp, wn, (b0.clamp(min=0),), r, self.stabilizer, False)
+        neg, _ = _sign_split(op, xp, xn, wn, wp, (b0.clamp(max=0),), r, self.stabilizer, False)
         return self.alpha * pos - self.beta * neg, None, None
 
 

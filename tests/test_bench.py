@@ -184,9 +184,11 @@ def _check_result(result, config):
 
 def test_quick_mode_end_to_end_through_the_cli(tmp_path, capsys):
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    threads = torch.get_num_threads()
     rc = cli_main(["bench", "--quick", "--models", "gpt2", "--batches", "2", "--rounds", "2", "--warmup", "1",
                    "--growth", "2", "--peers", "zennit,captum", "--json", str(out), "--markdown", str(md)])
     assert rc == 0
+    assert torch.get_num_threads() == threads  # measured on one thread, the caller's setting given back
     result = json.loads(out.read_text())
     config = bench.BenchConfig(models=("gpt2",), batches=(2,), rounds=2, growth=2, quick=True,
                                peers=("zennit", "captum"))

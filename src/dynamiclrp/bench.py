@@ -618,8 +618,17 @@ def _versions() -> dict:
 
 def run(config: BenchConfig, log: Callable[[str], object] = print) -> dict:
     """Run the benchmark; returns the JSON-able result (see the module doc): ``machine``, ``date``, ``config``,
-    ``versions``, ``rows`` (one per model, batch and method) and ``growth``."""
+    ``versions``, ``rows`` (one per model, batch and method) and ``growth``. Measures on one torch thread and
+    gives the caller's thread count back afterwards."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _run(config, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: BenchConfig, log: Callable[[str], object]) -> dict:
     started = datetime.datetime.now(datetime.timezone.utc)
     result = {"date": started.isoformat(timespec="seconds"), "machine": machine(), "config": asdict(config),
               "versions": _versions(), "rows": [], "growth": []}

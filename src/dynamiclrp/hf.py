@@ -68,7 +68,9 @@ def _tokens(tokenizer, ids: torch.Tensor) -> list:
     return clean_tokens(tokenizer.convert_ids_to_tokens(ids.tolist()))
 
 
-def _token_id(tokenizer, token) -> int:
+def token_id(tokenizer, token) -> int:
+    """The id of ``token`` (an id already, or text that is one token by itself or after a leading space, as
+    byte-level and SentencePiece vocabularies store word starts); :class:`TargetError` otherwise."""
     if isinstance(token, int):
         return token
     if tokenizer is None:
@@ -80,8 +82,8 @@ def _token_id(tokenizer, token) -> int:
     raise TargetError(f"target {token!r} is not a single token for this tokenizer; give one token or its id")
 
 
-def _describe(tokenizer, token_id: int) -> str:
-    return repr(tokenizer.decode([token_id])) if tokenizer is not None else str(token_id)
+def _describe(tokenizer, tid: int) -> str:
+    return repr(tokenizer.decode([tid])) if tokenizer is not None else str(tid)
 
 
 def contrastive_mask(output: torch.Tensor, a: int, b: int, position: int | None = None) -> torch.Tensor:
@@ -114,12 +116,12 @@ def explain_next_token(model, tokenizer, prompt, target=None, contrast=None, con
     with torch.no_grad():
         logits = _logits(model(ids, **forward_kwargs))
     pos = position % ids.shape[1]
-    tok = int(logits[0, pos].argmax()) if target is None else _token_id(tokenizer, target)
+    tok = int(logits[0, pos].argmax()) if target is None else token_id(tokenizer, target)
     if contrast is None:
         expl = lrp.explain(ids, target=(pos, tok), **forward_kwargs)
         label = f"next token {_describe(tokenizer, tok)} at position {pos}"
     else:
-        other = _token_id(tokenizer, contrast)
+        other = token_id(tokenizer, contrast)
         expl = lrp.explain(ids, target=contrastive_mask(logits, tok, other, pos), **forward_kwargs)
         label = f"{_describe(tokenizer, tok)} rather than {_describe(tokenizer, other)} at position {pos}"
     return TokenRelevance(_tokens(tokenizer, ids[0]), ids[0], expl.relevance[0][0].detach(), label,

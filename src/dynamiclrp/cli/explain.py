@@ -169,13 +169,9 @@ def _index(text: str, scores: torch.Tensor, loaded) -> int:
             raise TargetError(f"target {i} is out of range: the output has {n} entries")
         return i
     if loaded.tokenizer is not None:
-        ids = loaded.tokenizer.encode(text, add_special_tokens=False)
-        if len(ids) != 1:
-            ids_space = loaded.tokenizer.encode(" " + text, add_special_tokens=False)
-            ids = ids_space if len(ids_space) == 1 else ids
-        if len(ids) != 1:
-            raise TargetError(f"target {text!r} is {len(ids)} tokens for this tokenizer; give one token or its id")
-        return ids[0]
+        from ..hf import token_id
+
+        return token_id(loaded.tokenizer, text)
     if loaded.categories:
         lowered = [c.lower() for c in loaded.categories]
         if text.lower() in lowered:
